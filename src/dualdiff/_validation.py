@@ -1,0 +1,90 @@
+"""Input validation helpers shared by every public constructor and method."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ._errors import NonFiniteError
+
+__all__ = ["as_tensor", "check_choice", "check_finite", "check_positive"]
+
+
+def as_tensor(
+    value: Any,
+    name: str,
+    owner: str,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Convert ``value`` to a finite floating tensor or raise a typed error.
+
+    Parameters
+    ----------
+    value
+        Anything :func:`torch.as_tensor` accepts.
+    name, owner
+        Parameter and class/function names used in error messages.
+    dtype, device
+        Target dtype (default: the value's own floating dtype, else float64) and device.
+    """
+    if isinstance(value, torch.Tensor):
+        t = value
+    else:
+        try:
+            t = torch.as_tensor(value, dtype=dtype or torch.float64)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(
+                f"{owner}: parameter '{name}' must be array-like of numbers, got "
+                f"{type(value).__name__} ({exc})"
+            ) from None
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.bool)):
+        raise TypeError(
+            f"{owner}: parameter '{name}' must be a real floating tensor, got dtype {t.dtype}"
+        )
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    if dtype is not None or device is not None:
+        t = t.to(dtype=dtype or t.dtype, device=device)
+    check_finite(t, name, owner)
+    return t
+
+
+def check_finite(t: torch.Tensor, name: str, owner: str) -> torch.Tensor:
+    """Raise :class:`NonFiniteError` if ``t`` holds NaN or inf; return ``t`` otherwise."""
+    if not bool(torch.isfinite(t).all()):
+        n_bad = int((~torch.isfinite(t)).sum())
+        raise NonFiniteError(
+            f"{owner}: parameter '{name}' contains {n_bad} non-finite value(s) (NaN or inf); "
+            "all entries must be finite"
+        )
+    return t
+
+
+def check_positive(value: float, name: str, owner: str, *, strict: bool = True) -> float:
+    """Validate a real scalar that must be (strictly) positive and finite."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{owner}: parameter '{name}' must be a real number, got {value!r}"
+        ) from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise NonFiniteError(f"{owner}: parameter '{name}' must be finite, got {v}")
+    if (strict and v <= 0) or (not strict and v < 0):
+        rel = "> 0" if strict else ">= 0"
+        raise ValueError(f"{owner}: parameter '{name}' must be {rel}, got {v}")
+    return v
+
+
+def check_choice(value: Any, name: str, owner: str, allowed: Sequence[str]) -> str:
+    """Validate a string option against the allowed choices (case-sensitive)."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(
+            f"{owner}: unknown {name}={value!r}; allowed values are "
+            + ", ".join(repr(a) for a in allowed)
+        )
+    return value
