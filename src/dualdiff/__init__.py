@@ -1,8 +1,24 @@
-"""dualdiff: constrained unlearning in diffusion models with duality certificates."""
+"""dualdiff: constrained unlearning in diffusion models with duality certificates.
+
+Implements *Unlearning in Diffusion Models: A Unified Framework with KL Divergence and
+Likelihood Constraints* (Khalafi, Ribeiro & Ding, ICML 2026, arXiv:2605.30825).
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .models import GaussianMixture, NoiseSchedule, ScoreModel, VPSchedule
+from ._errors import DualdiffError, DualDomainError, IllPosedProblemError, NonFiniteError
+from .duality import Certificate, DualSolution
+from .integration import GridQuadrature, MonteCarlo
+from .models import Density, GaussianMixture, NoiseSchedule, ScoreModel, VPSchedule
+from .potentials import CallableLikelihood, DensityLikelihood, LogLikelihood
+from .problems import (
+    ForwardKLProblem,
+    KLConstrainedProblem,
+    LikelihoodConstrainedProblem,
+    ReverseKLProblem,
+    UnlearningProblem,
+)
+from .targets import GeometricTarget, SignedMixtureTarget, Target
 
 try:
     __version__ = version("dualdiff")
@@ -10,9 +26,29 @@ except PackageNotFoundError:  # pragma: no cover - source tree without installat
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "CallableLikelihood",
+    "Certificate",
+    "Density",
+    "DensityLikelihood",
+    "DualDomainError",
+    "DualSolution",
+    "DualdiffError",
+    "ForwardKLProblem",
     "GaussianMixture",
+    "GeometricTarget",
+    "GridQuadrature",
+    "IllPosedProblemError",
+    "KLConstrainedProblem",
+    "LikelihoodConstrainedProblem",
+    "LogLikelihood",
+    "MonteCarlo",
     "NoiseSchedule",
+    "NonFiniteError",
+    "ReverseKLProblem",
     "ScoreModel",
+    "SignedMixtureTarget",
+    "Target",
+    "UnlearningProblem",
     "VPSchedule",
     "__version__",
 ]

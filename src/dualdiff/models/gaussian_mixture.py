@@ -230,9 +230,15 @@ class GaussianMixture:
         logw = torch.where(zero_w, torch.full_like(self.weights, -math.inf), self.weights.log())
         return logw + log_norm - 0.5 * maha
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised log-density at ``x`` of shape ``(..., d)``; returns shape ``(...)``."""
-        return torch.logsumexp(self.component_log_prob(x), dim=-1)
+    def log_prob(self, x: torch.Tensor, t: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Normalised log-density at ``x`` of shape ``(..., d)``; returns shape ``(...)``.
+
+        With ``t`` (a float or per-point tensor of shape ``x.shape[:-1]``) the density of the
+        noised marginal :math:`p_t` is returned instead.
+        """
+        if t is None:
+            return torch.logsumexp(self.component_log_prob(x), dim=-1)
+        return self._log_prob_and_score(x, t, "log_prob")[0]
 
     def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
         """Posterior component probabilities :math:`p(k\\mid x)`, shape ``(..., K)``."""
@@ -264,13 +270,21 @@ class GaussianMixture:
         torch.Tensor
             Shape ``(..., d)``.
         """
-        x = self._check_x(x, "score")
+        return self._log_prob_and_score(x, t, "score")[1]
+
+    def _log_prob_and_score(
+        self, x: torch.Tensor, t: torch.Tensor | float, method: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._check_x(x, method)
         t_t = torch.as_tensor(t, dtype=self.dtype, device=self.device)
-        check_finite(t_t, "t", "GaussianMixture.score")
+        check_finite(t_t, "t", f"GaussianMixture.{method}")
         if t_t.ndim == 0 or t_t.numel() == 1:
-            p = self if float(t_t.reshape(())) == 0.0 else self.noised(t_t.reshape(()))
-            return p._score_clean(x)
-        return self._score_batched_t(x, t_t)
+            t0 = float(t_t.reshape(()))
+            p = self if t0 == 0.0 else self.noised(t_t.reshape(()))
+            if method == "log_prob":
+                return p.log_prob(x), x
+            return x, p._score_clean(x)
+        return self._batched_t(x, t_t)
 
     def _score_clean(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.dtype)
@@ -280,17 +294,22 @@ class GaussianMixture:
         prec_diff = torch.einsum("kji,...kj->...ki", self._prec_chol, u)  # U^T U diff
         return -(r.unsqueeze(-1) * prec_diff).sum(-2)
 
-    def _score_batched_t(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _batched_t(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-density and score of the noised mixture with one time per point."""
         x = x.to(self.dtype)
         if t.shape != x.shape[:-1]:
             try:
                 t = t.expand(x.shape[:-1])
             except RuntimeError:
                 raise ValueError(
-                    f"GaussianMixture.score: parameter 't' must be a scalar or have shape "
+                    f"GaussianMixture: parameter 't' must be a scalar or have shape "
                     f"{tuple(x.shape[:-1])}, got {tuple(t.shape)}"
                 ) from None
-        t = self.schedule.clamp(t) if hasattr(self.schedule, "clamp") else t
+        if bool((t < 0).any()) or bool((t > self.schedule.t_max).any()):
+            raise ValueError(
+                f"GaussianMixture: parameter 't' must lie in [0, {self.schedule.t_max}], got "
+                f"values in [{float(t.min())}, {float(t.max())}]"
+            )
         a = self.schedule.alpha(t)[..., None, None]  # (..., 1, 1)
         s2 = (self.schedule.sigma(t) ** 2)[..., None, None]
         evals, evecs = self._eigh()  # (K, d), (K, d, d)
@@ -298,15 +317,19 @@ class GaussianMixture:
         diff = x.unsqueeze(-2) - a * self.means  # (..., K, d)
         proj = torch.einsum("kji,...kj->...ki", evecs, diff)  # V^T diff
         maha = (proj**2 / var).sum(-1)
-        logw = self.weights.clamp_min(1e-300).log()
-        comp = logw - 0.5 * torch.log(var).sum(-1) - 0.5 * maha
+        logw = torch.where(
+            self.weights > 0, self.weights.clamp_min(1e-300).log(), -math.inf
+        )
+        comp = logw - 0.5 * self.dim * _LOG_2PI - 0.5 * torch.log(var).sum(-1) - 0.5 * maha
+        logp = torch.logsumexp(comp, dim=-1)
         r = torch.softmax(comp, dim=-1)
         grad = torch.einsum("kij,...kj->...ki", evecs, proj / var)
-        return -(r.unsqueeze(-1) * grad).sum(-2)
+        return logp, -(r.unsqueeze(-1) * grad).sum(-2)
 
     def noised(self, t: torch.Tensor | float, schedule: NoiseSchedule | None = None) -> GaussianMixture:
         r"""The exact marginal at time ``t``: components :math:`\mathcal N(\alpha_t\mu_k,
-        \alpha_t^2\Sigma_k+\sigma_t^2 I)`."""
+        \alpha_t^2\Sigma_k+\sigma_t^2 I)`.
+        """
         sched = schedule if schedule is not None else self.schedule
         t_t = torch.as_tensor(t, dtype=self.dtype, device=self.device)
         if t_t.ndim != 0:

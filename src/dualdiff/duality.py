@@ -1,0 +1,327 @@
+r"""Dual maximisation, certificates and solutions.
+
+The dual function :math:`g(\lambda)` of each problem is concave; its Danskin gradient is the
+constraint violation of the closed-form target, :math:`\nabla g(\lambda) = c(p_\lambda)` with
+:math:`c_i = b_i - C_i` (KL problems) or :math:`c_i = C_i - \tau_i` (LU), and its Hessian is
+minus a covariance (see each problem). :func:`maximize_dual` uses safeguarded Newton steps:
+a bracketing Newton–bisection in one dimension, a projected Newton method with Armijo
+backtracking (rejecting points outside the dual domain) for several constraints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import torch
+
+__all__ = ["Certificate", "DualEval", "DualSolution", "Status", "maximize_dual"]
+
+Status = Literal["optimal", "boundary", "infeasible", "max_iter", "feasible"]
+
+
+class DualEval(NamedTuple):
+    """One evaluation of the dual: value, gradient ``(m,)``, Hessian ``(m, m)`` and error bars."""
+
+    value: float
+    grad: torch.Tensor
+    hess: torch.Tensor
+    value_err: float
+    grad_err: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Certificate:
+    r"""Optimality certificate of a candidate distribution :math:`p` at multipliers :math:`\lambda`.
+
+    ``gap = primal_value - dual_value``. By weak duality :math:`g(\lambda) \le P^\star`, so
+    when the candidate is feasible, ``gap`` bounds its suboptimality
+    :math:`f(p) - P^\star \le` ``gap``.
+
+    Attributes
+    ----------
+    primal_value
+        Objective :math:`f(p)` (a KL divergence to the pretrained model).
+    dual_value
+        :math:`g(\lambda)`.
+    gap
+        ``primal_value - dual_value``.
+    constraint_values
+        :math:`C_i(p)`, shape ``(m,)`` (KL divergences, or expected likelihoods for LU).
+    slack
+        ``(m,)``, non-negative when satisfied: :math:`C_i - b_i` (KL) or :math:`\tau_i - C_i` (LU).
+    feasible
+        Every slack is ``>= -tol`` (``tol`` = 3 error bars + 1e-9).
+    status
+        Solve status for a dual solution's certificate; ``"feasible"`` or ``"infeasible"``
+        for a certificate of an arbitrary candidate.
+    multipliers
+        The :math:`\lambda` used, ``(m,)``.
+    method
+        ``"grid"`` or ``"monte_carlo"``: how the integrals were computed.
+    primal_error, dual_error, gap_error
+        Error bars (grid: difference to a coarser grid plus edge mass; MC: standard errors).
+    constraint_errors
+        Error bars of ``constraint_values``, ``(m,)``.
+    complementary_slackness
+        :math:`\lambda_i\cdot\text{slack}_i`, ``(m,)``.
+    normalisation
+        :math:`\int p` on the rule (should be 1 for a valid candidate).
+    """
+
+    primal_value: float
+    dual_value: float
+    gap: float
+    constraint_values: torch.Tensor
+    slack: torch.Tensor
+    feasible: bool
+    status: str
+    multipliers: torch.Tensor
+    method: str
+    primal_error: float
+    dual_error: float
+    gap_error: float
+    constraint_errors: torch.Tensor
+    complementary_slackness: torch.Tensor
+    normalisation: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable view."""
+        out: dict[str, Any] = {}
+        for k, v in self.__dict__.items():
+            out[k] = v.tolist() if isinstance(v, torch.Tensor) else v
+        return out
+
+    def __str__(self) -> str:
+        return (
+            f"Certificate(status={self.status}, primal={self.primal_value:.6g}, "
+            f"dual={self.dual_value:.6g}, gap={self.gap:.3g} ± {self.gap_error:.1g}, "
+            f"slack={[round(s, 6) for s in self.slack.tolist()]}, feasible={self.feasible}, "
+            f"method={self.method})"
+        )
+
+
+@dataclass
+class DualSolution:
+    """Result of ``problem.solve_dual()``.
+
+    Attributes
+    ----------
+    multipliers
+        Optimal dual variables, ``(m,)`` (float64).
+    target
+        The closed-form optimal distribution :math:`p_{\\lambda^\\star}`.
+    certificate
+        :class:`Certificate` of the target at the multipliers.
+    status
+        ``"optimal"``, ``"boundary"`` (dual maximised on the domain boundary: the primal
+        optimum is not attained and the target does not meet the constraint), ``"infeasible"``
+        (the dual is unbounded: no distribution meets the levels) or ``"max_iter"``.
+    dual_value
+        :math:`g(\\lambda^\\star)`.
+    gradient
+        Danskin gradient at the solution (the target's constraint violations).
+    iterations, n_evaluations
+        Solver iterations and dual-oracle evaluations.
+    message
+        Explanation of the status.
+    history
+        List of ``(lam, g)`` per iteration.
+    domain
+        Description of the dual domain used (e.g. ``lam_max`` and how it was found).
+    """
+
+    multipliers: torch.Tensor
+    target: Any
+    certificate: Certificate
+    status: str
+    dual_value: float
+    gradient: torch.Tensor
+    iterations: int
+    n_evaluations: int
+    message: str
+    history: list[tuple[list[float], float]] = field(default_factory=list)
+    domain: dict[str, Any] = field(default_factory=dict)
+
+
+class _Counter:
+    def __init__(self, oracle: Callable[[torch.Tensor], DualEval]):
+        self.oracle = oracle
+        self.n = 0
+
+    def __call__(self, lam: torch.Tensor) -> DualEval | None:
+        self.n += 1
+        try:
+            ev = self.oracle(lam)
+        except (ValueError, RuntimeError):
+            return None
+        if not (math.isfinite(ev.value) and bool(torch.isfinite(ev.grad).all())):
+            return None
+        return ev
+
+
+def maximize_dual(
+    oracle: Callable[[torch.Tensor], DualEval],
+    m: int,
+    *,
+    upper: float = math.inf,
+    upper_closed: bool = False,
+    in_domain: Callable[[torch.Tensor], bool] | None = None,
+    gtol: float = 1e-10,
+    xtol: float = 1e-12,
+    max_iter: int = 100,
+    infeasible_at: float = 1e8,
+) -> tuple[torch.Tensor, str, int, int, list[tuple[list[float], float]], str]:
+    """Maximise a concave dual over ``lam >= 0`` intersected with a domain.
+
+    Parameters
+    ----------
+    oracle
+        ``lam -> DualEval``; may raise ``ValueError`` or return non-finite values outside the
+        domain.
+    m
+        Number of multipliers.
+    upper, upper_closed
+        One constraint: the domain is ``[0, upper]`` (closed) or ``[0, upper)``.
+    in_domain
+        Several constraints: membership test of the convex domain (beyond ``lam >= 0``).
+    gtol, xtol
+        Tolerance on the projected gradient and on the step / bracket width.
+    max_iter
+        Iteration cap (status ``"max_iter"``).
+    infeasible_at
+        Multipliers beyond this norm with an ascending dual mean the dual is unbounded.
+
+    Returns
+    -------
+    (lam, status, iterations, n_evaluations, history, message)
+    """
+    f = _Counter(oracle)
+    if m == 1:
+        return (*_maximize_1d(f, upper, upper_closed, gtol, xtol, max_iter, infeasible_at), )
+    return (*_maximize_nd(f, m, in_domain, gtol, xtol, max_iter, infeasible_at), )
+
+
+def _maximize_1d(
+    f: _Counter,
+    upper: float,
+    upper_closed: bool,
+    gtol: float,
+    xtol: float,
+    max_iter: int,
+    infeasible_at: float,
+) -> tuple[torch.Tensor, str, int, int, list[tuple[list[float], float]], str]:
+    t = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+    hist: list[tuple[list[float], float]] = []
+    ev = f(t(0.0))
+    if ev is None:
+        raise ValueError("solve_dual: the dual is not finite at lam = 0 (check the problem data)")
+    hist.append(([0.0], ev.value))
+    if float(ev.grad[0]) <= gtol:
+        return t(0.0), "optimal", 0, f.n, hist, "constraint inactive at the pretrained model"
+    lo, hi = 0.0, upper
+    x, cur = 0.0, ev
+    if math.isfinite(upper) and upper_closed:
+        evu = f(t(upper))
+        if evu is not None and float(evu.grad[0]) >= -gtol:
+            hist.append(([upper], evu.value))
+            return (
+                t(upper), "boundary", 1, f.n, hist,
+                "dual maximised at the domain bound lam_max: the primal optimum is not attained",
+            )
+    for it in range(1, max_iter + 1):
+        g1, h1 = float(cur.grad[0]), float(cur.hess[0, 0])
+        step = x - g1 / h1 if h1 < 0 else math.nan
+        if math.isfinite(hi):
+            if not (lo < step < hi):
+                step = 0.5 * (lo + hi)
+        elif not (lo < step) or not math.isfinite(step):
+            step = max(2.0 * x, 1.0)
+        new = f(t(step))
+        if new is None:
+            hi = step
+            if not upper_closed and abs(hi - lo) <= xtol * (1 + hi):
+                return t(lo), "boundary", it, f.n, hist, "dual increases up to the domain boundary"
+            continue
+        hist.append(([step], new.value))
+        x, cur = step, new
+        gv = float(new.grad[0])
+        if gv > 0:
+            lo = step
+        else:
+            hi = step
+        if abs(gv) <= gtol:
+            return t(x), "optimal", it, f.n, hist, "stationary point of the dual"
+        if math.isfinite(hi) and (hi - lo) <= xtol * (1 + hi):
+            if hi == upper and gv > 0:
+                return (
+                    t(x), "boundary", it, f.n, hist,
+                    "dual increases up to the open domain boundary: the primal optimum is not "
+                    "attained",
+                )
+            return t(x), "optimal", it, f.n, hist, "bracket converged"
+        if x > infeasible_at:
+            return (
+                t(x), "infeasible", it, f.n, hist,
+                "the dual keeps increasing: no distribution satisfies the constraint level",
+            )
+    return t(x), "max_iter", max_iter, f.n, hist, "iteration limit reached"
+
+
+def _maximize_nd(
+    f: _Counter,
+    m: int,
+    in_domain: Callable[[torch.Tensor], bool] | None,
+    gtol: float,
+    xtol: float,
+    max_iter: int,
+    infeasible_at: float,
+) -> tuple[torch.Tensor, str, int, int, list[tuple[list[float], float]], str]:
+    lam = torch.zeros(m, dtype=torch.float64)
+    cur = f(lam)
+    if cur is None:
+        raise ValueError("solve_dual: the dual is not finite at lam = 0 (check the problem data)")
+    hist = [(lam.tolist(), cur.value)]
+    for it in range(1, max_iter + 1):
+        g, h = cur.grad, cur.hess
+        free = (lam > 0) | (g > 0)
+        pg = torch.where(free, g, torch.zeros_like(g))
+        if float(pg.abs().max()) <= gtol:
+            return lam, "optimal", it - 1, f.n, hist, "projected gradient vanishes"
+        d = torch.zeros_like(lam)
+        idx = torch.nonzero(free).flatten()
+        hff = -h[idx][:, idx]
+        ridge = 1e-12 * (1 + float(hff.diagonal().abs().max()))
+        try:
+            d[idx] = torch.linalg.solve(hff + ridge * torch.eye(len(idx), dtype=h.dtype), g[idx])
+        except RuntimeError:
+            d[idx] = g[idx]
+        if float(d @ pg) <= 0:  # not an ascent direction: fall back to the gradient
+            d = pg
+        step, accepted = 1.0, None
+        for _ in range(60):
+            trial = torch.clamp(lam + step * d, min=0.0)
+            if in_domain is None or in_domain(trial):
+                ev = f(trial)
+                if ev is not None and ev.value >= cur.value + 1e-4 * float(g @ (trial - lam)):
+                    accepted = (trial, ev)
+                    break
+            step *= 0.5
+        if accepted is None:
+            return (
+                lam, "boundary", it, f.n, hist,
+                "no ascent step stays inside the dual domain: the maximum is on its boundary",
+            )
+        moved = float((accepted[0] - lam).abs().max())
+        lam, cur = accepted
+        hist.append((lam.tolist(), cur.value))
+        if float(lam.sum()) > infeasible_at:
+            return lam, "infeasible", it, f.n, hist, "the dual is unbounded: levels infeasible"
+        if moved <= xtol * (1 + float(lam.abs().max())):
+            pg = torch.where((lam > 0) | (cur.grad > 0), cur.grad, torch.zeros_like(cur.grad))
+            if float(pg.abs().max()) <= max(gtol, 1e-7):
+                return lam, "optimal", it, f.n, hist, "step and projected gradient vanish"
+            return lam, "boundary", it, f.n, hist, "iterates stalled on the domain boundary"
+    return lam, "max_iter", max_iter, f.n, hist, "iteration limit reached"

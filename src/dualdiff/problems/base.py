@@ -1,0 +1,321 @@
+"""Shared machinery of the three unlearning problems (validation, tables, certificates)."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .._errors import DualDomainError, NonFiniteError
+from .._validation import as_tensor
+from ..duality import Certificate, DualEval, DualSolution, maximize_dual
+from ..integration import GridQuadrature, IntegrationRule, MonteCarlo, resolve_integration
+from ..models.gaussian_mixture import GaussianMixture
+from ..targets import Target
+
+__all__ = ["UnlearningProblem"]
+
+_DTYPE = torch.float64
+
+
+def _as_mixture(obj: Any, name: str, owner: str) -> GaussianMixture:
+    if not isinstance(obj, GaussianMixture):
+        raise TypeError(
+            f"{owner}: parameter '{name}' must be a dualdiff.GaussianMixture (closed-form duality "
+            f"needs exact densities), got {type(obj).__name__}"
+        )
+    return obj.to(_DTYPE)
+
+
+class UnlearningProblem(ABC):
+    """Base class of :class:`KLConstrainedProblem` and :class:`LikelihoodConstrainedProblem`.
+
+    Subclasses provide the dual oracle on the integration rule, the closed-form target, the
+    objective and constraint functionals, and the dual domain. Everything is computed in
+    float64 from tables of log-densities evaluated once on the rule's points.
+    """
+
+    #: Short name: "RU", "FU" or "LU".
+    kind: str = ""
+
+    def __init__(
+        self,
+        pretrained: Any,
+        unlearn: Any,
+        bounds: Any,
+        integration: str | GridQuadrature | MonteCarlo,
+        owner: str,
+    ) -> None:
+        self._owner = owner
+        self.pretrained = _as_mixture(pretrained, "pretrained", owner)
+        if isinstance(unlearn, GaussianMixture):
+            unlearn = [unlearn]
+        if not isinstance(unlearn, Sequence) or len(unlearn) == 0:
+            raise ValueError(
+                f"{owner}: parameter 'unlearn' must be a non-empty list of distributions "
+                f"(one per constraint), got {unlearn!r}"
+            )
+        self.unlearn = [_as_mixture(q, f"unlearn[{i}]", owner) for i, q in enumerate(unlearn)]
+        d = self.pretrained.dim
+        for i, q in enumerate(self.unlearn):
+            if q.dim != d:
+                raise ValueError(
+                    f"{owner}: dimension mismatch: pretrained has d={d} but unlearn[{i}] has "
+                    f"d={q.dim}; every unlearning distribution must live in the same space"
+                )
+        b = as_tensor(bounds, "bounds", owner, dtype=_DTYPE).reshape(-1)
+        if b.numel() != self.m:
+            raise ValueError(
+                f"{owner}: parameter 'bounds' must have one level per unlearning distribution "
+                f"(m={self.m}), got {b.numel()} value(s) {b.tolist()}"
+            )
+        self.bounds = b
+        self.integration = resolve_integration(integration, d, owner)
+        self._rule: IntegrationRule | None = None
+        self._tables: dict[str, torch.Tensor] | None = None
+        self._validate_bounds()
+
+    # ----------------------------------------------------------------- basic facts
+    @property
+    def m(self) -> int:
+        """Number of constraints."""
+        return len(self.unlearn)
+
+    @property
+    def dim(self) -> int:
+        """Event dimension ``d``."""
+        return self.pretrained.dim
+
+    def _validate_bounds(self) -> None:
+        """Hook for subclasses (e.g. KL levels must be non-negative)."""
+
+    @property
+    def rule(self) -> IntegrationRule:
+        """The prepared integration rule (built on first use and cached)."""
+        if self._rule is None:
+            self._rule = self.integration.prepare([self.pretrained, *self.unlearn])
+        return self._rule
+
+    @property
+    def tables(self) -> dict[str, torch.Tensor]:
+        """Log-densities on the rule: ``log_p0`` ``(N,)``, ``log_q`` ``(m, N)`` and extras."""
+        if self._tables is None:
+            with torch.no_grad():
+                x = self.rule.points
+                t = {"log_p0": self.pretrained.log_prob(x)}
+                t["log_q"] = torch.stack([q.log_prob(x) for q in self.unlearn])
+                t.update(self._extra_tables(x))
+            for k, v in t.items():
+                if bool(torch.isnan(v).any()):
+                    raise NonFiniteError(f"{self._owner}: NaN in the log-density table '{k}'")
+            self._tables = t
+        return self._tables
+
+    def _extra_tables(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    # ----------------------------------------------------------------- multipliers
+    def _check_multipliers(self, lam: Any, method: str) -> torch.Tensor:
+        owner = f"{self._owner}.{method}"
+        t = as_tensor(lam, "lam", owner, dtype=_DTYPE).reshape(-1)
+        if t.numel() != self.m:
+            raise ValueError(
+                f"{owner}: parameter 'lam' must have one multiplier per constraint (m={self.m}), "
+                f"got {t.numel()} value(s) {t.tolist()}"
+            )
+        if bool((t < 0).any()):
+            raise DualDomainError(
+                f"{owner}: parameter 'lam'={t.tolist()} is outside the dual domain: multipliers "
+                f"must be >= 0 ({self.domain_description})"
+            )
+        ok, why = self._in_domain(t)
+        if not ok:
+            raise DualDomainError(
+                f"{owner}: parameter 'lam'={t.tolist()} is outside the dual domain "
+                f"({self.domain_description}): {why}"
+            )
+        return t
+
+    @property
+    @abstractmethod
+    def domain_description(self) -> str:
+        """Human-readable description of the dual domain."""
+
+    @abstractmethod
+    def _in_domain(self, lam: torch.Tensor) -> tuple[bool, str]:
+        """Membership of ``lam >= 0`` in the rest of the domain, with a reason if not."""
+
+    def in_domain(self, lam: Any) -> bool:
+        """Whether ``lam`` (shape ``(m,)``) lies in the dual domain."""
+        t = torch.as_tensor(lam, dtype=_DTYPE).reshape(-1)
+        if t.numel() != self.m or bool((t < 0).any()) or not bool(torch.isfinite(t).all()):
+            return False
+        return self._in_domain(t)[0]
+
+    def _domain_upper(self) -> tuple[float, bool]:
+        """One constraint: ``(upper, closed)`` with domain ``[0, upper]`` or ``[0, upper)``."""
+        return math.inf, False
+
+    def domain_info(self) -> dict[str, Any]:
+        """Facts about the dual domain (for reports)."""
+        return {"description": self.domain_description}
+
+    # ----------------------------------------------------------------- dual
+    @abstractmethod
+    def _oracle(self, lam: torch.Tensor) -> DualEval:
+        """Dual value, Danskin gradient, Hessian and error bars at a validated ``lam``."""
+
+    def dual(self, lam: Any) -> float:
+        """Dual function :math:`g(\\lambda)` (float64); ``lam`` has shape ``(m,)``."""
+        return self._oracle(self._check_multipliers(lam, "dual")).value
+
+    def dual_gradient(self, lam: Any) -> torch.Tensor:
+        """Danskin gradient of the dual: the target's constraint violations, ``(m,)``."""
+        return self._oracle(self._check_multipliers(lam, "dual_gradient")).grad
+
+    def dual_hessian(self, lam: Any) -> torch.Tensor:
+        """Hessian of the dual (minus a covariance under the target), ``(m, m)``."""
+        return self._oracle(self._check_multipliers(lam, "dual_hessian")).hess
+
+    @abstractmethod
+    def _target(self, lam: torch.Tensor) -> Target:
+        """Closed-form target at a validated ``lam``."""
+
+    def target(self, lam: Any) -> Target:
+        """Closed-form optimal distribution :math:`p_\\lambda` for multipliers ``lam`` ``(m,)``."""
+        return self._target(self._check_multipliers(lam, "target"))
+
+    # ----------------------------------------------------------------- primal side
+    @abstractmethod
+    def _objective_and_constraints(
+        self, log_p: torch.Tensor
+    ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+        """From a candidate's log-density on the rule: ``(f, f_err, C (m,), C_err (m,))``."""
+
+    @abstractmethod
+    def _slack(self, c: torch.Tensor) -> torch.Tensor:
+        """Slack (non-negative when satisfied) from constraint values ``(m,)``."""
+
+    def _candidate_log_prob(self, candidate: Any) -> torch.Tensor:
+        if not hasattr(candidate, "log_prob"):
+            raise TypeError(
+                f"{self._owner}.certificate: parameter 'candidate' must have a normalised "
+                f"log_prob(x), got {type(candidate).__name__}"
+            )
+        x = self.rule.points
+        with torch.no_grad():
+            lp = candidate.log_prob(x.to(getattr(candidate, "dtype", x.dtype))).to(_DTYPE)
+        if lp.shape != (x.shape[0],):
+            raise ValueError(
+                f"{self._owner}.certificate: candidate.log_prob must map (N, {self.dim}) to "
+                f"(N,), got shape {tuple(lp.shape)}"
+            )
+        if bool(torch.isnan(lp).any()) or bool((lp == math.inf).any()):
+            raise NonFiniteError(
+                f"{self._owner}.certificate: candidate.log_prob returned NaN or +inf"
+            )
+        return lp
+
+    def objective(self, candidate: Any) -> tuple[float, float]:
+        """Objective :math:`f(p)` of a candidate with ``log_prob`` and its error bar."""
+        f, fe, _, _ = self._objective_and_constraints(self._candidate_log_prob(candidate))
+        return f, fe
+
+    def constraint_values(self, candidate: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Constraint functionals :math:`C_i(p)` ``(m,)`` of a candidate and their error bars."""
+        _, _, c, ce = self._objective_and_constraints(self._candidate_log_prob(candidate))
+        return c, ce
+
+    def certificate(self, candidate: Any, lam: Any, *, status: str | None = None) -> Certificate:
+        r"""Certificate of ``candidate`` (anything with a normalised ``log_prob``) at ``lam``.
+
+        The gap :math:`f(p) - g(\lambda)` bounds :math:`f(p) - P^\star` whenever the candidate
+        is feasible (weak duality).
+        """
+        lam_t = self._check_multipliers(lam, "certificate")
+        lp = self._candidate_log_prob(candidate)
+        f, fe, c, ce = self._objective_and_constraints(lp)
+        ev = self._oracle(lam_t)
+        slack = self._slack(c)
+        tol = 3 * ce + 1e-9
+        feasible = bool((slack >= -tol).all())
+        mass, _ = self.rule.integral(torch.exp(lp))
+        return Certificate(
+            primal_value=f,
+            dual_value=ev.value,
+            gap=f - ev.value,
+            constraint_values=c,
+            slack=slack,
+            feasible=feasible,
+            status=status or ("feasible" if feasible else "infeasible"),
+            multipliers=lam_t,
+            method=self.rule.method,
+            primal_error=fe,
+            dual_error=ev.value_err,
+            gap_error=math.hypot(fe, ev.value_err),
+            constraint_errors=ce,
+            complementary_slackness=lam_t * slack,
+            normalisation=float(mass),
+        )
+
+    # ----------------------------------------------------------------- solve
+    def solve_dual(
+        self, *, gtol: float = 1e-10, max_iter: int = 100
+    ) -> DualSolution:
+        """Maximise the concave dual over its domain and certify the closed-form target.
+
+        Parameters
+        ----------
+        gtol
+            Tolerance on the projected Danskin gradient (nats).
+        max_iter
+            Iteration cap.
+
+        Returns
+        -------
+        DualSolution
+        """
+        upper, closed = self._domain_upper()
+
+        def oracle(lam: torch.Tensor) -> DualEval:
+            return self._oracle(lam)
+
+        lam, status, its, n_eval, hist, msg = maximize_dual(
+            oracle,
+            self.m,
+            upper=upper,
+            upper_closed=closed,
+            in_domain=lambda v: self._in_domain(v)[0],
+            gtol=gtol,
+            max_iter=max_iter,
+        )
+        ev = self._oracle(lam)
+        target = self._target(lam)
+        cert = self.certificate(target, lam, status=status)
+        if status == "boundary":
+            msg += (
+                "; the closed-form target at the boundary does not meet every constraint level "
+                "(no optimal distribution attains the primal value)"
+            )
+        return DualSolution(
+            multipliers=lam,
+            target=target,
+            certificate=cert,
+            status=status,
+            dual_value=ev.value,
+            gradient=ev.grad,
+            iterations=its,
+            n_evaluations=n_eval,
+            message=msg,
+            history=hist,
+            domain=self.domain_info(),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(kind={self.kind}, d={self.dim}, m={self.m}, "
+            f"bounds={self.bounds.tolist()}, integration={self.integration!r})"
+        )

@@ -1,0 +1,320 @@
+r"""KL-constrained unlearning: reverse (concept, RU) and forward (data, FU) directions.
+
+RU (MATH.md §1):
+
+.. math::
+    \min_p \mathrm{KL}(p\|p_0)\ \text{s.t.}\ \mathrm{KL}(p\|q_i)\ge b_i,\qquad
+    p_\lambda\propto p_0^{1/(1-\Lambda)}\prod_i q_i^{-\lambda_i/(1-\Lambda)},\qquad
+    g(\lambda) = -(1-\Lambda)\log Z(\lambda) + \lambda^\top b .
+
+FU:
+
+.. math::
+    \min_p \mathrm{KL}(p_0\|p)\ \text{s.t.}\ \mathrm{KL}(q_i\|p)\ge b_i,\qquad
+    p_\lambda = \frac{p_0-\sum_i\lambda_i q_i}{1-\Lambda},
+
+.. math::
+    g(\lambda) = -H(p_0) + \sum_i\lambda_i\big(H(q_i)+b_i\big) - \int w\log w
+    + (1-\Lambda)\log(1-\Lambda),\quad w = p_0-\sum_i\lambda_i q_i .
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+
+from .._atoms import Atoms, signed_log_sum
+from .._validation import check_choice
+from ..domain import RatioInfimum, directions, normalisability_margin, ratio_infimum, tilt_bound
+from ..duality import DualEval
+from ..integration import GridQuadrature, MonteCarlo
+from ..models.gaussian_mixture import GaussianMixture
+from ..potentials import LogLikelihood
+from ..targets import GeometricTarget, SignedMixtureTarget
+from .base import UnlearningProblem
+
+__all__ = ["ForwardKLProblem", "KLConstrainedProblem", "ReverseKLProblem"]
+
+
+def _xlogy_terms(p_log: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """:math:`p\\,(\\log p - o)` elementwise with the convention ``0 log 0 = 0``."""
+    p = torch.exp(p_log)
+    return torch.where(p > 0, p * (p_log - other), torch.zeros_like(p))
+
+
+def _centred_cov(rule: Any, log_u: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Covariance ``(m, m)`` of the rows of ``f`` ``(m, N)`` under ``p ∝ exp(log_u)``."""
+    mean, _ = rule.expectation(log_u, f)
+    c = f - mean[:, None]
+    prods = c[:, None, :] * c[None, :, :]
+    cov, _ = rule.expectation(log_u, prods.reshape(-1, c.shape[-1]))
+    return cov.reshape(f.shape[0], f.shape[0])
+
+
+class KLConstrainedProblem(UnlearningProblem):
+    r"""Unlearning with KL-divergence constraints, in the reverse (RU) or forward (FU) direction.
+
+    Parameters
+    ----------
+    pretrained
+        The pretrained model :math:`p_0` (a :class:`~dualdiff.GaussianMixture`).
+    unlearn
+        List of ``m >= 1`` unlearning distributions :math:`q_i` (concepts or forget sets).
+    bounds
+        Levels :math:`b_i \ge 0`, shape ``(m,)`` (a float when ``m = 1``).
+    direction
+        ``"reverse"``: :math:`\min \mathrm{KL}(p\|p_0)` s.t. :math:`\mathrm{KL}(p\|q_i)\ge b_i`
+        (concept unlearning); ``"forward"``: :math:`\min\mathrm{KL}(p_0\|p)` s.t.
+        :math:`\mathrm{KL}(q_i\|p)\ge b_i` (data unlearning).
+    integration
+        ``"auto"`` (grid for d <= 2, Monte Carlo otherwise), ``"grid"``, ``"monte_carlo"`` or a
+        :class:`~dualdiff.GridQuadrature` / :class:`~dualdiff.MonteCarlo` instance.
+
+    Notes
+    -----
+    Strong duality holds for both directions despite the nonconvex constraints (Khalafi,
+    Ribeiro & Ding, ICML 2026), so the optimum is the closed-form :meth:`target` at the dual
+    maximiser returned by :meth:`solve_dual`.
+    """
+
+    def __new__(cls, *args: Any, direction: str = "reverse", **kwargs: Any) -> Any:
+        if cls is KLConstrainedProblem:
+            check_choice(direction, "direction", "KLConstrainedProblem", ["reverse", "forward"])
+            sub = ReverseKLProblem if direction == "reverse" else ForwardKLProblem
+            return super().__new__(sub)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        pretrained: GaussianMixture,
+        unlearn: Any,
+        bounds: Any,
+        *,
+        direction: Literal["reverse", "forward"] = "reverse",
+        integration: str | GridQuadrature | MonteCarlo = "auto",
+    ) -> None:
+        check_choice(direction, "direction", "KLConstrainedProblem", ["reverse", "forward"])
+        self.direction = direction
+        super().__init__(pretrained, unlearn, bounds, integration, "KLConstrainedProblem")
+
+    def _validate_bounds(self) -> None:
+        if bool((self.bounds < 0).any()):
+            raise ValueError(
+                f"KLConstrainedProblem: parameter 'bounds' must be >= 0 (KL levels), got "
+                f"{self.bounds.tolist()}"
+            )
+
+    def _slack(self, c: torch.Tensor) -> torch.Tensor:
+        return c - self.bounds
+
+
+class ReverseKLProblem(KLConstrainedProblem):
+    """RU: ``KLConstrainedProblem(..., direction="reverse")``; see the parent class."""
+
+    kind = "RU"
+
+    @property
+    def domain_description(self) -> str:  # noqa: D102
+        return (
+            "lam >= 0, sum(lam) < 1, and p0^(1/(1-sum lam)) prod q_i^(-lam_i/(1-sum lam)) "
+            "normalisable"
+        )
+
+    def _in_domain(self, lam: torch.Tensor) -> tuple[bool, str]:
+        total = float(lam.sum())
+        if not total < 1.0:
+            return False, f"sum(lam) = {total} must be < 1 (for sum >= 1 the dual is -inf)"
+        margin = normalisability_margin(1.0, self.pretrained, lam.tolist(), self.unlearn)
+        if not margin > 1e-12:
+            return False, (
+                f"the geometric tilt is not normalisable (tail curvature {margin:.3g} <= 0): "
+                "some q_i has lighter tails than p0 in a direction"
+            )
+        return True, ""
+
+    def _domain_upper(self) -> tuple[float, bool]:
+        return min(1.0, tilt_bound(self.pretrained, self.unlearn[0])), False
+
+    def domain_info(self) -> dict[str, Any]:  # noqa: D102
+        info = super().domain_info()
+        info["tilt_bounds"] = [tilt_bound(self.pretrained, q) for q in self.unlearn]
+        return info
+
+    def _log_u(self, lam: torch.Tensor) -> tuple[torch.Tensor, float]:
+        beta = 1.0 / (1.0 - float(lam.sum()))
+        t = self.tables
+        return beta * (t["log_p0"] - lam @ t["log_q"]), beta
+
+    def _oracle(self, lam: torch.Tensor) -> DualEval:
+        rule, t = self.rule, self.tables
+        log_u, beta = self._log_u(lam)
+        log_z, log_z_err = rule.log_integral(log_u)
+        f = log_u - t["log_q"]  # (m, N): log p_lam - log q_i + log Z
+        ef, ef_err = rule.expectation(log_u, f)
+        kl = ef - log_z
+        value = float(-(1 - lam.sum()) * log_z + lam @ self.bounds)
+        cov = _centred_cov(rule, log_u, f)
+        return DualEval(
+            value=value,
+            grad=self.bounds - kl,
+            hess=-beta * cov,
+            value_err=float((1 - lam.sum()) * log_z_err),
+            grad_err=ef_err + log_z_err,
+        )
+
+    def _target(self, lam: torch.Tensor) -> GeometricTarget:
+        log_u, beta = self._log_u(lam)
+        log_z, _ = self.rule.log_integral(log_u)
+        return GeometricTarget(
+            self.pretrained,
+            [LogLikelihood(q) for q in self.unlearn],
+            coefficients=lam * beta,
+            power=beta,
+            log_normalizer=float(log_z),
+            multipliers=lam,
+        )
+
+    def _objective_and_constraints(
+        self, log_p: torch.Tensor
+    ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+        t = self.tables
+        f, fe = self.rule.integral(_xlogy_terms(log_p, t["log_p0"]))
+        c, ce = self.rule.integral(_xlogy_terms(log_p.expand_as(t["log_q"]), t["log_q"]))
+        return float(f), float(fe), c, ce
+
+
+class ForwardKLProblem(KLConstrainedProblem):
+    """FU: ``KLConstrainedProblem(..., direction="forward")``; see the parent class."""
+
+    kind = "FU"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lam_max: list[RatioInfimum] | None = None
+        self._domain_log_ratio: torch.Tensor | None = None
+
+    @property
+    def domain_description(self) -> str:  # noqa: D102
+        return "lam >= 0 and p0 - sum_i lam_i q_i >= 0 everywhere (lam_i <= lam_max_i = inf p0/q_i)"
+
+    @property
+    def lam_max(self) -> list[RatioInfimum]:
+        r"""Per-constraint :math:`\lambda_{\max,i} = \operatorname{ess\,inf} p_0/q_i` and how found."""
+        if self._lam_max is None:
+            pts = self.rule.points
+            self._lam_max = [ratio_infimum(self.pretrained, q, pts) for q in self.unlearn]
+        return self._lam_max
+
+    def _domain_points_log_ratio(self) -> torch.Tensor:
+        """``log q_i - log p0`` ``(m, M)`` on the rule, local minimisers and far rays."""
+        if self._domain_log_ratio is None:
+            extra = [r.argmin[None] for r in self.lam_max]
+            scale = float(self.rule.points.abs().max())
+            u = directions(self.dim, n_random=512)
+            extra += [s * scale * u for s in (1.0, 2.0, 4.0)]
+            pts = torch.cat([self.rule.points, *extra])
+            with torch.no_grad():
+                lp0 = self.pretrained.log_prob(pts)
+                lq = torch.stack([q.log_prob(pts) for q in self.unlearn])
+            self._domain_log_ratio = lq - lp0
+        return self._domain_log_ratio
+
+    def _in_domain(self, lam: torch.Tensor) -> tuple[bool, str]:
+        if not float(lam.sum()) < 1.0:
+            return False, f"sum(lam) = {float(lam.sum())} must be < 1"
+        if self.m == 1:
+            lm = self.lam_max[0].value
+            if float(lam[0]) > lm * (1 + 1e-12):
+                return False, f"lam = {float(lam[0])} exceeds lam_max = inf p0/q = {lm:.10g}"
+            return True, ""
+        pos = lam > 0
+        if not bool(pos.any()):
+            return True, ""
+        lr = self._domain_points_log_ratio()[pos] + torch.log(lam[pos])[:, None]
+        worst = float(torch.logsumexp(lr, 0).max())
+        if worst > 1e-12:
+            return False, (
+                f"p0 - sum lam_i q_i < 0 somewhere (max of sum lam_i q_i/p0 = {math.exp(worst):.6g} > 1)"
+            )
+        return True, ""
+
+    def _domain_upper(self) -> tuple[float, bool]:
+        return self.lam_max[0].value, True
+
+    def domain_info(self) -> dict[str, Any]:  # noqa: D102
+        info = super().domain_info()
+        info["lam_max"] = [
+            {
+                "value": r.value,
+                "certified_lower_bound": r.lower_bound,
+                "certified": r.certified,
+                "infimum_at_infinity": r.at_infinity,
+                "method": r.method,
+            }
+            for r in self.lam_max
+        ]
+        return info
+
+    def _entropy_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:math:`\\int p_0\\log p_0` and :math:`\\int q_i\\log q_i` with error bars (cached)."""
+        if not hasattr(self, "_neg_ent"):
+            t = self.tables
+            a, ae = self.rule.integral(_xlogy_terms(t["log_p0"], torch.zeros_like(t["log_p0"])))
+            b, be = self.rule.integral(_xlogy_terms(t["log_q"], torch.zeros_like(t["log_q"])))
+            self._neg_ent = (a, ae, b, be)
+        return self._neg_ent
+
+    def _extra_tables(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"log_atoms": self.atoms.log_atoms(x)}
+
+    @property
+    def atoms(self) -> Atoms:
+        """Distinct Gaussian components of ``p0`` and the ``q_i`` (for a stable ``p0 - lam q``)."""
+        if not hasattr(self, "_atoms"):
+            self._atoms = Atoms.from_mixtures([self.pretrained, *self.unlearn])
+        return self._atoms
+
+    def _log_w(self, lam: torch.Tensor) -> torch.Tensor:
+        """:math:`\\log(p_0 - \\sum_i \\lambda_i q_i)` on the rule (raises outside the domain)."""
+        log_w = signed_log_sum(self.tables["log_atoms"], self.atoms.signed_coeffs(lam))
+        if bool(torch.isnan(log_w).any()):
+            raise ValueError("ForwardKLProblem: p0 - sum lam q < 0 on the integration points")
+        return log_w
+
+    def _oracle(self, lam: torch.Tensor) -> DualEval:
+        rule, t = self.rule, self.tables
+        lam_sum = float(lam.sum())
+        log_w = self._log_w(lam)
+        neg_h0, neg_h0_e, neg_hq, neg_hq_e = self._entropy_terms()
+        wlogw, wlogw_e = rule.integral(_xlogy_terms(log_w, torch.zeros_like(log_w)))
+        one_m = 1.0 - lam_sum
+        value = float(
+            neg_h0 - lam @ neg_hq - wlogw + one_m * math.log(one_m) + lam @ self.bounds
+        )
+        log_p = log_w - math.log(one_m)
+        kl, kl_e = rule.integral(_xlogy_terms(t["log_q"], log_p.expand_as(t["log_q"])))
+        qq = torch.exp(t["log_q"][:, None, :] + t["log_q"][None, :, :] - log_w)
+        qq = torch.where(torch.isfinite(qq), qq, torch.zeros_like(qq))
+        m = self.m
+        iq, _ = rule.integral(qq.reshape(m * m, -1))
+        hess = -(iq.reshape(m, m) - 1.0 / one_m)
+        return DualEval(
+            value=value,
+            grad=self.bounds - kl,
+            hess=hess,
+            value_err=float(neg_h0_e + lam @ neg_hq_e + wlogw_e),
+            grad_err=kl_e,
+        )
+
+    def _target(self, lam: torch.Tensor) -> SignedMixtureTarget:
+        return SignedMixtureTarget(self.pretrained, self.unlearn, lam, atoms=self.atoms)
+
+    def _objective_and_constraints(
+        self, log_p: torch.Tensor
+    ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+        t = self.tables
+        f, fe = self.rule.integral(_xlogy_terms(t["log_p0"], log_p))
+        c, ce = self.rule.integral(_xlogy_terms(t["log_q"], log_p.expand_as(t["log_q"])))
+        return float(f), float(fe), c, ce

@@ -1,0 +1,174 @@
+r"""Likelihood-constrained unlearning (LU), MATH.md §1.
+
+.. math::
+    \min_p \mathrm{KL}(p\|p_0)\ \text{s.t.}\ E_{x\sim p}[\ell_i(x)]\le\tau_i,\qquad
+    p_\lambda \propto p_0\,e^{-\sum_i\lambda_i\ell_i},\qquad
+    g(\lambda) = -\log E_{p_0}\big[e^{-\sum_i\lambda_i\ell_i}\big] - \lambda^\top\tau .
+
+The problem is convex (the constraint is linear in :math:`p`). The other reading,
+:math:`E_{x\sim q}[\log p(x)] \le \tau` under the reverse-KL objective, is ill-posed (its dual is
+:math:`-\infty` for every :math:`\lambda>0`) and is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .._errors import IllPosedProblemError
+from .._validation import check_choice
+from ..domain import normalisability_margin, tilt_bound
+from ..duality import DualEval
+from ..integration import GridQuadrature, MonteCarlo
+from ..models.gaussian_mixture import GaussianMixture
+from ..potentials import CallableLikelihood, DensityLikelihood, LogLikelihood, Potential
+from ..targets import GeometricTarget
+from .base import UnlearningProblem
+from .kl import _centred_cov, _xlogy_terms
+
+__all__ = ["LikelihoodConstrainedProblem"]
+
+_ILL_POSED = (
+    "LikelihoodConstrainedProblem: expectation='unlearn' asks for E_{{x~q}}[log p(x)] <= tau "
+    "under the reverse-KL objective KL(p||p0). That problem is ill-posed: for every lam > 0 the "
+    "Lagrangian is unbounded below (set p = 0 on part of q's support, driving E_q[log p] to -inf "
+    "at finite KL(p||p0) cost... the dual is -inf), so strong duality fails and no certificate "
+    "exists. Use expectation='model' (bound the likelihood of generated samples, "
+    "E_{{x~p}}[l(x)] <= tau), or KLConstrainedProblem(direction='forward') for the forward-KL "
+    "objective, where this reading is data unlearning (FU). Got {got!r}."
+)
+
+
+class LikelihoodConstrainedProblem(UnlearningProblem):
+    r"""Unlearning with likelihood constraints on the model's own samples (LU).
+
+    Parameters
+    ----------
+    pretrained
+        :math:`p_0`, a :class:`~dualdiff.GaussianMixture`.
+    unlearn
+        List of ``m >= 1`` unlearning distributions :math:`q_i`.
+    bounds
+        Levels :math:`\tau_i`, shape ``(m,)``.
+    likelihood
+        ``"log"`` (:math:`\ell_i=\log q_i`, default), ``"density"`` (:math:`\ell_i = q_i`) or a
+        callable ``fn(x, i) -> (...)`` giving :math:`\ell_i(x)` for ``x`` of shape ``(..., d)``.
+    expectation
+        ``"model"`` (:math:`E_{x\sim p}[\ell_i(x)]`, the well-posed problem). ``"unlearn"`` —
+        :math:`E_{x\sim q}[\log p(x)]` — is refused with :class:`~dualdiff.IllPosedProblemError`.
+    integration
+        As in :class:`KLConstrainedProblem`.
+    """
+
+    kind = "LU"
+
+    def __init__(
+        self,
+        pretrained: GaussianMixture,
+        unlearn: Any,
+        bounds: Any,
+        *,
+        likelihood: str | Callable[[torch.Tensor, int], torch.Tensor] = "log",
+        expectation: str = "model",
+        integration: str | GridQuadrature | MonteCarlo = "auto",
+    ) -> None:
+        owner = "LikelihoodConstrainedProblem"
+        if expectation == "unlearn":
+            raise IllPosedProblemError(_ILL_POSED.format(got=expectation))
+        check_choice(expectation, "expectation", owner, ["model"])
+        if not callable(likelihood):
+            check_choice(likelihood, "likelihood", owner, ["log", "density"])
+        self.likelihood = likelihood
+        super().__init__(pretrained, unlearn, bounds, integration, owner)
+        self.potentials: list[Potential] = self._make_potentials()
+
+    def _make_potentials(self) -> list[Potential]:
+        if self.likelihood == "log":
+            return [LogLikelihood(q) for q in self.unlearn]
+        if self.likelihood == "density":
+            return [DensityLikelihood(q) for q in self.unlearn]
+        fn = self.likelihood
+        assert callable(fn)
+        return [
+            CallableLikelihood(lambda x, i=i: fn(x, i))  # type: ignore[misc]
+            for i in range(self.m)
+        ]
+
+    @property
+    def likelihood_name(self) -> str:
+        """``"log"``, ``"density"`` or ``"callable"``."""
+        return self.likelihood if isinstance(self.likelihood, str) else "callable"
+
+    def _extra_tables(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ell = torch.stack([p.value(x).to(torch.float64) for p in self._make_potentials()])
+        if not bool(torch.isfinite(ell).all()):
+            raise ValueError(
+                "LikelihoodConstrainedProblem: the likelihood functional returned NaN/inf on "
+                "the integration points"
+            )
+        return {"ell": ell}
+
+    @property
+    def domain_description(self) -> str:  # noqa: D102
+        if self.likelihood_name == "log":
+            return "lam >= 0 with p0 * prod q_i^(-lam_i) normalisable"
+        return "lam >= 0 with E_p0[exp(-sum lam_i l_i)] finite"
+
+    def _in_domain(self, lam: torch.Tensor) -> tuple[bool, str]:
+        if self.likelihood_name == "log":
+            margin = normalisability_margin(1.0, self.pretrained, lam.tolist(), self.unlearn)
+            if not margin > 1e-12:
+                return False, (
+                    f"p0 * prod q_i^(-lam_i) is not normalisable (tail curvature {margin:.3g} "
+                    "<= 0)"
+                )
+        return True, ""
+
+    def _domain_upper(self) -> tuple[float, bool]:
+        if self.likelihood_name == "log":
+            return tilt_bound(self.pretrained, self.unlearn[0]), False
+        return math.inf, False
+
+    def _log_u(self, lam: torch.Tensor) -> torch.Tensor:
+        t = self.tables
+        return t["log_p0"] - lam @ t["ell"]
+
+    def _oracle(self, lam: torch.Tensor) -> DualEval:
+        rule, t = self.rule, self.tables
+        log_u = self._log_u(lam)
+        log_z, log_z_err = rule.log_integral(log_u)
+        e_ell, e_err = rule.expectation(log_u, t["ell"])
+        value = float(-log_z - lam @ self.bounds)
+        return DualEval(
+            value=value,
+            grad=e_ell - self.bounds,
+            hess=-_centred_cov(rule, log_u, t["ell"]),
+            value_err=float(log_z_err),
+            grad_err=e_err,
+        )
+
+    def _target(self, lam: torch.Tensor) -> GeometricTarget:
+        log_z, _ = self.rule.log_integral(self._log_u(lam))
+        return GeometricTarget(
+            self.pretrained,
+            self.potentials,
+            coefficients=lam.clone(),
+            power=1.0,
+            log_normalizer=float(log_z),
+            multipliers=lam,
+        )
+
+    def _objective_and_constraints(
+        self, log_p: torch.Tensor
+    ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+        t = self.tables
+        f, fe = self.rule.integral(_xlogy_terms(log_p, t["log_p0"]))
+        p = torch.exp(log_p)
+        c, ce = self.rule.integral(p * t["ell"])
+        return float(f), float(fe), c, ce
+
+    def _slack(self, c: torch.Tensor) -> torch.Tensor:
+        return self.bounds - c
