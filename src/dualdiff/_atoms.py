@@ -80,7 +80,7 @@ class Atoms:
 
 
 def signed_log_sum(log_atoms: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    r""":math:`\log\sum_a c_a e^{\ell_a}` for signed ``coeffs`` ``(A,)`` and ``log_atoms`` ``(A, N)``.
+    r""":math:`\log\sum_a c_a e^{\ell_a}` for signed ``coeffs`` ``(A,)``, ``log_atoms`` ``(A, N)``.
 
     Computed as :math:`\log P + \log(1 - N/P)` with :math:`P` (:math:`N`) the positive
     (negative) part; NaN where the sum is negative (outside the FU domain).

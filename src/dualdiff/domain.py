@@ -59,7 +59,7 @@ def _precisions(p: GaussianMixture) -> torch.Tensor:
 
 
 def _tail_precision(p: GaussianMixture, u: torch.Tensor) -> torch.Tensor:
-    """:math:`\\min_k u^T P_k u` over components with positive weight, shape ``(n_dir,)``."""
+    r""":math:`\min_k u^T P_k u` over components with positive weight, shape ``(n_dir,)``."""
     prec = _precisions(p)[p.weights > 0]
     return torch.einsum("ni,kij,nj->nk", u, prec, u).min(-1).values
 
@@ -133,8 +133,10 @@ class RatioInfimum:
 
 
 def component_containment_bound(p0: GaussianMixture, q: GaussianMixture) -> float | None:
-    r"""Certified :math:`\inf p_0/q \ge \min_j w_{k_j}/v_j` when each component of ``q`` is a
-    distinct component of ``p0`` (same mean and covariance to 1e-10); else ``None``.
+    r"""Certified lower bound :math:`\inf p_0/q \ge \min_j w_{k_j}/v_j`, or ``None``.
+
+    Valid when each component of ``q`` is a distinct component of ``p0`` (same mean and
+    covariance to 1e-10).
     """
     used: set[int] = set()
     bound = math.inf
@@ -168,7 +170,7 @@ def ratio_infimum(
     *,
     n_starts: int = 5,
 ) -> RatioInfimum:
-    """Estimate :math:`\\operatorname{ess\\,inf} p_0/q` robustly (see module docstring)."""
+    r"""Estimate :math:`\operatorname{ess\,inf} p_0/q` robustly (see module docstring)."""
     dtype = torch.float64
     p0d, qd = p0.to(dtype), q.to(dtype)
     cand = torch.cat([p0d.means, qd.means] + ([points.to(dtype)] if points is not None else []))

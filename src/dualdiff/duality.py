@@ -105,14 +105,14 @@ class Certificate:
 
 @dataclass
 class DualSolution:
-    """Result of ``problem.solve_dual()``.
+    r"""Result of ``problem.solve_dual()``.
 
     Attributes
     ----------
     multipliers
         Optimal dual variables, ``(m,)`` (float64).
     target
-        The closed-form optimal distribution :math:`p_{\\lambda^\\star}`.
+        The closed-form optimal distribution :math:`p_{\lambda^\star}`.
     certificate
         :class:`Certificate` of the target at the multipliers.
     status
@@ -120,7 +120,7 @@ class DualSolution:
         optimum is not attained and the target does not meet the constraint), ``"infeasible"``
         (the dual is unbounded: no distribution meets the levels) or ``"max_iter"``.
     dual_value
-        :math:`g(\\lambda^\\star)`.
+        :math:`g(\lambda^\star)`.
     gradient
         Danskin gradient at the solution (the target's constraint violations).
     iterations, n_evaluations

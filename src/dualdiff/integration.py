@@ -183,7 +183,8 @@ class GridQuadrature:
         max_points: int = 400_000,
     ) -> None:
         owner = "GridQuadrature"
-        if points_per_dim is not None and (not isinstance(points_per_dim, int) or points_per_dim < 5):
+        ppd = points_per_dim
+        if ppd is not None and (not isinstance(ppd, int) or ppd < 5):
             raise ValueError(
                 f"{owner}: parameter 'points_per_dim' must be an int >= 5, got {points_per_dim!r}"
             )
@@ -226,7 +227,7 @@ class GridQuadrature:
             n = self.points_per_dim
         else:
             width = float((hi - lo).max())
-            n = int(math.ceil(width / (min_std / self.resolution))) + 1
+            n = math.ceil(width / (min_std / self.resolution)) + 1
             n = max(n, 41)
         cap = int(self.max_points ** (1.0 / d))
         n = min(n, cap)

@@ -93,7 +93,8 @@ class Target:
                     return out
             pool = self.p0.sample(max(4 * n, 1000), generator=generator)
             logw = self.log_weight(pool)
-            idx = torch.multinomial(torch.softmax(logw, 0), n, replacement=True, generator=generator)
+            probs = torch.softmax(logw, 0)
+            idx = torch.multinomial(probs, n, replacement=True, generator=generator)
             x = pool[idx]
         x = mala(
             self.log_prob,
@@ -257,7 +258,7 @@ class SignedMixtureTarget(Target):
     def _log_ratio_sum(
         self, x: torch.Tensor, t: torch.Tensor | float, lp0: torch.Tensor
     ) -> torch.Tensor:
-        """:math:`\\log \\sum_i \\lambda_i q_{i,t}/p_{0,t}` (``-inf`` when all lam are 0)."""
+        r""":math:`\log \sum_i \lambda_i q_{i,t}/p_{0,t}` (``-inf`` when all lam are 0)."""
         terms = []
         for lam, q in zip(self.multipliers, self.unlearn, strict=True):
             if float(lam) > 0:

@@ -218,7 +218,7 @@ class GaussianMixture:
         return x
 
     def component_log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        r"""Per-component :math:`\log w_k + \log\mathcal N(x;\mu_k,\Sigma_k)`, shape ``(..., K)``."""
+        r"""Per-component :math:`\log w_k + \log\mathcal N(x;\mu_k,\Sigma_k)`, ``(..., K)``."""
         x = self._check_x(x, "component_log_prob")
         x = x.to(self.dtype)
         ux = torch.einsum("kij,...j->...ki", self._prec_chol, x)
@@ -241,7 +241,7 @@ class GaussianMixture:
         return self._log_prob_and_score(x, t, "log_prob")[0]
 
     def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Posterior component probabilities :math:`p(k\\mid x)`, shape ``(..., K)``."""
+        r"""Posterior component probabilities :math:`p(k\mid x)`, shape ``(..., K)``."""
         return torch.softmax(self.component_log_prob(x), dim=-1)
 
     def _eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,8 +326,12 @@ class GaussianMixture:
         grad = torch.einsum("kij,...kj->...ki", evecs, proj / var)
         return logp, -(r.unsqueeze(-1) * grad).sum(-2)
 
-    def noised(self, t: torch.Tensor | float, schedule: NoiseSchedule | None = None) -> GaussianMixture:
-        r"""The exact marginal at time ``t``: components :math:`\mathcal N(\alpha_t\mu_k,
+    def noised(
+        self, t: torch.Tensor | float, schedule: NoiseSchedule | None = None
+    ) -> GaussianMixture:
+        r"""The exact marginal at time ``t``.
+
+        Components :math:`\mathcal N(\alpha_t\mu_k,
         \alpha_t^2\Sigma_k+\sigma_t^2 I)`.
         """
         sched = schedule if schedule is not None else self.schedule
@@ -357,7 +361,9 @@ class GaussianMixture:
         ``generator`` must live on this mixture's device (CPU generator for CPU mixtures).
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"GaussianMixture.sample: parameter 'n' must be an int >= 0, got {n!r}")
+            raise ValueError(
+                f"GaussianMixture.sample: parameter 'n' must be an int >= 0, got {n!r}"
+            )
         with torch.no_grad():
             idx = torch.multinomial(
                 self.weights.detach(), n, replacement=True, generator=generator

@@ -25,11 +25,11 @@ class NoiseSchedule(Protocol):
     t_max: float
 
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
-        """Signal scale :math:`\\alpha_t`, same shape as ``t``."""
+        r"""Signal scale :math:`\alpha_t`, same shape as ``t``."""
         ...
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
-        """Noise scale :math:`\\sigma_t`, same shape as ``t``."""
+        r"""Noise scale :math:`\sigma_t`, same shape as ``t``."""
         ...
 
     def g(self, t: torch.Tensor) -> torch.Tensor:
@@ -37,7 +37,7 @@ class NoiseSchedule(Protocol):
         ...
 
     def drift_coef(self, t: torch.Tensor) -> torch.Tensor:
-        """Linear drift coefficient :math:`f(t) = d \\log \\alpha_t / dt`."""
+        r"""Linear drift coefficient :math:`f(t) = d \log \alpha_t / dt`."""
         ...
 
 
@@ -91,37 +91,37 @@ class VPSchedule:
         return self._as_t(t).clamp(0.0, self.t_max)
 
     def beta(self, t: torch.Tensor | float) -> torch.Tensor:
-        """Instantaneous noise rate :math:`\\beta(t)`."""
+        r"""Instantaneous noise rate :math:`\beta(t)`."""
         t = self._as_t(t)
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
     def integral_beta(self, t: torch.Tensor | float) -> torch.Tensor:
-        """:math:`\\int_0^t \\beta(s)\\,ds`."""
+        r""":math:`\int_0^t \beta(s)\,ds`."""
         t = self._as_t(t)
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
 
     def alpha(self, t: torch.Tensor | float) -> torch.Tensor:
-        """Signal scale :math:`\\alpha_t = \\exp(-\\frac12\\int_0^t\\beta)`."""
+        r"""Signal scale :math:`\alpha_t = \exp(-\frac12\int_0^t\beta)`."""
         return torch.exp(-0.5 * self.integral_beta(t))
 
     def sigma(self, t: torch.Tensor | float) -> torch.Tensor:
-        """Noise scale :math:`\\sigma_t = \\sqrt{1-\\alpha_t^2}` (computed stably)."""
+        r"""Noise scale :math:`\sigma_t = \sqrt{1-\alpha_t^2}` (computed stably)."""
         return torch.sqrt(-torch.expm1(-self.integral_beta(t)))
 
     def g(self, t: torch.Tensor | float) -> torch.Tensor:
-        """Diffusion coefficient :math:`g(t)=\\sqrt{\\beta(t)}`."""
+        r"""Diffusion coefficient :math:`g(t)=\sqrt{\beta(t)}`."""
         return torch.sqrt(self.beta(t))
 
     def drift_coef(self, t: torch.Tensor | float) -> torch.Tensor:
-        """Linear drift :math:`f(t) = -\\beta(t)/2`."""
+        r"""Linear drift :math:`f(t) = -\beta(t)/2`."""
         return -0.5 * self.beta(t)
 
     def log_snr(self, t: torch.Tensor | float) -> torch.Tensor:
-        """Log signal-to-noise ratio :math:`\\log(\\alpha_t^2/\\sigma_t^2)`."""
+        r"""Log signal-to-noise ratio :math:`\log(\alpha_t^2/\sigma_t^2)`."""
         a = self.integral_beta(t)
         return -a - torch.log(-torch.expm1(-a))
 
     @property
     def terminal_std(self) -> float:
-        """:math:`\\sigma_{t_{\\max}}` (close to 1 for the default schedule)."""
+        r""":math:`\sigma_{t_{\max}}` (close to 1 for the default schedule)."""
         return float(math.sqrt(-math.expm1(-float(self.integral_beta(self.t_max)))))

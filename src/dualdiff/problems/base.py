@@ -89,7 +89,7 @@ class UnlearningProblem(ABC):
         """Event dimension ``d``."""
         return self.pretrained.dim
 
-    def _validate_bounds(self) -> None:
+    def _validate_bounds(self) -> None:  # noqa: B027 - optional hook
         """Hook for subclasses (e.g. KL levels must be non-negative)."""
 
     @property
@@ -169,7 +169,7 @@ class UnlearningProblem(ABC):
         """Dual value, Danskin gradient, Hessian and error bars at a validated ``lam``."""
 
     def dual(self, lam: Any) -> float:
-        """Dual function :math:`g(\\lambda)` (float64); ``lam`` has shape ``(m,)``."""
+        r"""Dual function :math:`g(\lambda)` (float64); ``lam`` has shape ``(m,)``."""
         return self._oracle(self._check_multipliers(lam, "dual")).value
 
     def dual_gradient(self, lam: Any) -> torch.Tensor:
@@ -185,7 +185,7 @@ class UnlearningProblem(ABC):
         """Closed-form target at a validated ``lam``."""
 
     def target(self, lam: Any) -> Target:
-        """Closed-form optimal distribution :math:`p_\\lambda` for multipliers ``lam`` ``(m,)``."""
+        r"""Closed-form optimal distribution :math:`p_\lambda` for multipliers ``lam`` ``(m,)``."""
         return self._target(self._check_multipliers(lam, "target"))
 
     # ----------------------------------------------------------------- primal side

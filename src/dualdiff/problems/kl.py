@@ -39,7 +39,7 @@ __all__ = ["ForwardKLProblem", "KLConstrainedProblem", "ReverseKLProblem"]
 
 
 def _xlogy_terms(p_log: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """:math:`p\\,(\\log p - o)` elementwise with the convention ``0 log 0 = 0``."""
+    r""":math:`p\,(\log p - o)` elementwise with the convention ``0 log 0 = 0``."""
     p = torch.exp(p_log)
     return torch.where(p > 0, p * (p_log - other), torch.zeros_like(p))
 
@@ -80,6 +80,7 @@ class KLConstrainedProblem(UnlearningProblem):
     """
 
     def __new__(cls, *args: Any, direction: str = "reverse", **kwargs: Any) -> Any:
+        """Dispatch to :class:`ReverseKLProblem` or :class:`ForwardKLProblem` by ``direction``."""
         if cls is KLConstrainedProblem:
             check_choice(direction, "direction", "KLConstrainedProblem", ["reverse", "forward"])
             sub = ReverseKLProblem if direction == "reverse" else ForwardKLProblem
@@ -201,7 +202,7 @@ class ForwardKLProblem(KLConstrainedProblem):
 
     @property
     def lam_max(self) -> list[RatioInfimum]:
-        r"""Per-constraint :math:`\lambda_{\max,i} = \operatorname{ess\,inf} p_0/q_i` and how found."""
+        r"""Per-constraint :math:`\lambda_{\max,i} = \operatorname{ess\,inf} p_0/q_i` (+ how)."""
         if self._lam_max is None:
             pts = self.rule.points
             self._lam_max = [ratio_infimum(self.pretrained, q, pts) for q in self.unlearn]
@@ -236,7 +237,8 @@ class ForwardKLProblem(KLConstrainedProblem):
         worst = float(torch.logsumexp(lr, 0).max())
         if worst > 1e-12:
             return False, (
-                f"p0 - sum lam_i q_i < 0 somewhere (max of sum lam_i q_i/p0 = {math.exp(worst):.6g} > 1)"
+                f"p0 - sum lam_i q_i < 0 somewhere (max of sum lam_i q_i/p0 = "
+                f"{math.exp(worst):.6g} > 1)"
             )
         return True, ""
 
@@ -258,7 +260,7 @@ class ForwardKLProblem(KLConstrainedProblem):
         return info
 
     def _entropy_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:math:`\\int p_0\\log p_0` and :math:`\\int q_i\\log q_i` with error bars (cached)."""
+        r""":math:`\int p_0\log p_0` and :math:`\int q_i\log q_i` with error bars (cached)."""
         if not hasattr(self, "_neg_ent"):
             t = self.tables
             a, ae = self.rule.integral(_xlogy_terms(t["log_p0"], torch.zeros_like(t["log_p0"])))
@@ -277,7 +279,7 @@ class ForwardKLProblem(KLConstrainedProblem):
         return self._atoms
 
     def _log_w(self, lam: torch.Tensor) -> torch.Tensor:
-        """:math:`\\log(p_0 - \\sum_i \\lambda_i q_i)` on the rule (raises outside the domain)."""
+        r""":math:`\log(p_0 - \sum_i \lambda_i q_i)` on the rule (raises outside the domain)."""
         log_w = signed_log_sum(self.tables["log_atoms"], self.atoms.signed_coeffs(lam))
         if bool(torch.isnan(log_w).any()):
             raise ValueError("ForwardKLProblem: p0 - sum lam q < 0 on the integration points")
