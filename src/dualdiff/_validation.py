@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._errors import NonFiniteError
@@ -35,7 +36,7 @@ def as_tensor(
         t = value
     else:
         try:
-            t = torch.as_tensor(value, dtype=dtype or torch.float64)
+            t = torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=dtype or torch.float64)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(
                 f"{owner}: parameter '{name}' must be array-like of numbers, got "
