@@ -74,6 +74,13 @@ class Atoms:
         a = self.mixture.n_components
         return (self.mixture.component_log_prob(x) + math.log(a)).T
 
+    def log_atoms_and_scores(
+        self, x: torch.Tensor, t: torch.Tensor | float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noised atom log-densities ``(..., A)`` and scores ``(..., A, d)`` at time ``t``."""
+        comp, scores = self.mixture.components_at(x, t)
+        return comp + math.log(self.mixture.n_components), scores
+
     def signed_coeffs(self, lam: torch.Tensor) -> torch.Tensor:
         """Coefficients of ``p0 - sum_i lam_i q_i`` on the atoms, ``(A,)``."""
         return self.coeffs[0] - lam.to(self.coeffs.dtype) @ self.coeffs[1:]

@@ -269,13 +269,17 @@ class SignedMixtureTarget(Target):
         return torch.logsumexp(torch.stack(terms), 0)
 
     def _log_prob_t(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        if self.atoms is not None and _is_zero_time(t):
-            flat = x.reshape(-1, x.shape[-1]).to(self.atoms.mixture.dtype)
+        if self.atoms is not None:
+            xd = x.to(self.atoms.mixture.dtype)
+            if _is_zero_time(t):
+                log_atoms = self.atoms.log_atoms(xd.reshape(-1, x.shape[-1]))
+            else:
+                comp, _ = self.atoms.log_atoms_and_scores(xd, t)
+                log_atoms = comp.reshape(-1, comp.shape[-1]).T
             coeffs = self.atoms.signed_coeffs(self.multipliers)
-            lw = signed_log_sum(self.atoms.log_atoms(flat), coeffs)
-            lw = torch.nan_to_num(lw, nan=-math.inf)
+            lw = torch.nan_to_num(signed_log_sum(log_atoms, coeffs), nan=-math.inf)
             lam_sum = self.multipliers.sum().to(lw.dtype)
-            return (lw - torch.log1p(-lam_sum)).reshape(x.shape[:-1])
+            return (lw - torch.log1p(-lam_sum)).reshape(x.shape[:-1]).to(x.dtype)
         lp0 = self.p0.log_prob(x) if _is_zero_time(t) else self.p0.log_prob(x, t)
         lr = self._log_ratio_sum(x, t, lp0)
         inside = -torch.expm1(lr)
@@ -294,6 +298,13 @@ class SignedMixtureTarget(Target):
     def score(  # noqa: D102
         self, x: torch.Tensor, t: torch.Tensor | float = 0.0, cond: Any = None
     ) -> torch.Tensor:
+        if self.atoms is not None:
+            # exact and cancellation-free: s = sum_a c_a N_a s_a / sum_a c_a N_a
+            comp, scores = self.atoms.log_atoms_and_scores(x.to(self.atoms.mixture.dtype), t)
+            coeffs = self.atoms.signed_coeffs(self.multipliers)
+            log_w = signed_log_sum(comp.movedim(-1, 0), coeffs)
+            r = coeffs * torch.exp(comp - log_w.unsqueeze(-1))
+            return (r.unsqueeze(-1) * scores).sum(-2).to(x.dtype)
         lp0 = self.p0.log_prob(x) if _is_zero_time(t) else self.p0.log_prob(x, t)
         num = self.p0.score(x, t)
         denom = torch.ones_like(lp0)

@@ -296,7 +296,32 @@ class GaussianMixture:
 
     def _batched_t(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-density and score of the noised mixture with one time per point."""
-        x = x.to(self.dtype)
+        comp, comp_score = self.components_at(x, t)
+        r = torch.softmax(comp, dim=-1)
+        return torch.logsumexp(comp, dim=-1), (r.unsqueeze(-1) * comp_score).sum(-2)
+
+    def components_at(
+        self, x: torch.Tensor, t: torch.Tensor | float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Per-component log-densities and scores of the noised mixture at time ``t``.
+
+        Parameters
+        ----------
+        x
+            ``(..., d)``.
+        t
+            Float or tensor broadcastable to ``x.shape[:-1]``.
+
+        Returns
+        -------
+        (comp, scores)
+            ``comp[..., k]`` :math:`= \log w_k + \log\mathcal N(x;\alpha_t\mu_k,
+            \alpha_t^2\Sigma_k+\sigma_t^2I)`, shape ``(..., K)``; ``scores[..., k, :]`` the
+            component scores, shape ``(..., K, d)``. Uses the covariance eigendecomposition
+            (differentiable in ``x``).
+        """
+        x = self._check_x(x, "components_at").to(self.dtype)
+        t = torch.as_tensor(t, dtype=self.dtype, device=self.device)
         if t.shape != x.shape[:-1]:
             try:
                 t = t.expand(x.shape[:-1])
@@ -321,10 +346,8 @@ class GaussianMixture:
             self.weights > 0, self.weights.clamp_min(1e-300).log(), -math.inf
         )
         comp = logw - 0.5 * self.dim * _LOG_2PI - 0.5 * torch.log(var).sum(-1) - 0.5 * maha
-        logp = torch.logsumexp(comp, dim=-1)
-        r = torch.softmax(comp, dim=-1)
-        grad = torch.einsum("kij,...kj->...ki", evecs, proj / var)
-        return logp, -(r.unsqueeze(-1) * grad).sum(-2)
+        scores = -torch.einsum("kij,...kj->...ki", evecs, proj / var)
+        return comp, scores
 
     def noised(
         self, t: torch.Tensor | float, schedule: NoiseSchedule | None = None
