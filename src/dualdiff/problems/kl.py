@@ -191,10 +191,8 @@ class ForwardKLProblem(KLConstrainedProblem):
 
     kind = "FU"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._lam_max: list[RatioInfimum] | None = None
-        self._domain_log_ratio: torch.Tensor | None = None
+    _lam_max: list[RatioInfimum] | None = None
+    _domain_log_ratio: torch.Tensor | None = None
 
     @property
     def domain_description(self) -> str:  # noqa: D102
