@@ -37,8 +37,9 @@ _ILL_POSED = (
     "Lagrangian is unbounded below (put p = 0 on part of q's support: E_q[log p] -> -inf while "
     "KL(p||p0) stays finite), so the dual is -inf for every lam > 0, there is no saddle point and "
     "no multiplier or certificate can be computed. Use expectation='model' (bound the "
-    "likelihood of generated samples, E_{{x~p}}[l(x)] <= tau), or KLConstrainedProblem(direction='forward') for the forward-KL "
-    "objective, where this reading is data unlearning (FU). Got {got!r}."
+    "likelihood of generated samples, E_{{x~p}}[l(x)] <= tau), or "
+    "KLConstrainedProblem(direction='forward') for the forward-KL objective, where this "
+    "reading is data unlearning (FU). Got {got!r}."
 )
 
 
