@@ -8,8 +8,18 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._errors import DualdiffError, DualDomainError, IllPosedProblemError, NonFiniteError
 from .duality import Certificate, DualSolution
+from .estimators import Estimate, elbo, kl_estimate, ode_log_likelihood, path_kl
 from .integration import GridQuadrature, MonteCarlo
-from .models import Density, GaussianMixture, NoiseSchedule, ScoreModel, VPSchedule
+from .losses import denoising_score_matching_loss
+from .models import (
+    Density,
+    GaussianMixture,
+    MLPScoreNet,
+    ModuleScoreModel,
+    NoiseSchedule,
+    ScoreModel,
+    VPSchedule,
+)
 from .potentials import CallableLikelihood, DensityLikelihood, LogLikelihood
 from .problems import (
     ForwardKLProblem,
@@ -18,6 +28,7 @@ from .problems import (
     ReverseKLProblem,
     UnlearningProblem,
 )
+from .sampling import SamplerOutput, sample_ode, sample_sde
 from .targets import GeometricTarget, SignedMixtureTarget, Target
 
 try:
@@ -33,6 +44,7 @@ __all__ = [
     "DualDomainError",
     "DualSolution",
     "DualdiffError",
+    "Estimate",
     "ForwardKLProblem",
     "GaussianMixture",
     "GeometricTarget",
@@ -41,14 +53,24 @@ __all__ = [
     "KLConstrainedProblem",
     "LikelihoodConstrainedProblem",
     "LogLikelihood",
+    "MLPScoreNet",
+    "ModuleScoreModel",
     "MonteCarlo",
     "NoiseSchedule",
     "NonFiniteError",
     "ReverseKLProblem",
+    "SamplerOutput",
     "ScoreModel",
     "SignedMixtureTarget",
     "Target",
     "UnlearningProblem",
     "VPSchedule",
     "__version__",
+    "denoising_score_matching_loss",
+    "elbo",
+    "kl_estimate",
+    "ode_log_likelihood",
+    "path_kl",
+    "sample_ode",
+    "sample_sde",
 ]

@@ -1,14 +1,21 @@
-"""Distributions and score models: protocols, noise schedules and Gaussian mixtures."""
+"""Distributions and score models: protocols, schedules, Gaussian mixtures, torch adapters."""
 
 from .gaussian_mixture import GaussianMixture
+from .module_adapter import MLPScoreNet, ModuleScoreModel
+from .parametrization import Prediction, score_to, to_score
 from .protocol import Density, SampleableDensity, ScoreModel
 from .schedule import NoiseSchedule, VPSchedule
 
 __all__ = [
     "Density",
     "GaussianMixture",
+    "MLPScoreNet",
+    "ModuleScoreModel",
     "NoiseSchedule",
+    "Prediction",
     "SampleableDensity",
     "ScoreModel",
     "VPSchedule",
+    "score_to",
+    "to_score",
 ]
