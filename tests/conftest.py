@@ -1,0 +1,28 @@
+"""Shared test configuration: hypothesis profiles.
+
+Profiles (select with ``HYPOTHESIS_PROFILE=<name>``; ``ci`` is the default):
+
+* ``ci`` — deterministic (``derandomize=True``: the same examples on every run, so CI never
+  flakes), no deadline (grid quadrature in 2-D takes ~1 s per problem, far beyond hypothesis'
+  200 ms default), and a modest number of examples so the property tests stay under ~90 s on
+  two cores.
+* ``dev`` — randomised, fewer examples, for quick local iterations.
+* ``thorough`` — randomised and ten times more examples, for a nightly/manual sweep.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+_COMMON = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+    "print_blob": True,
+}
+
+settings.register_profile("ci", max_examples=20, derandomize=True, **_COMMON)
+settings.register_profile("dev", max_examples=8, **_COMMON)
+settings.register_profile("thorough", max_examples=200, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
