@@ -1,0 +1,73 @@
+r"""Primal-dual engine on Cooper (MATH.md §4).
+
+A Cooper :class:`~cooper.ConstrainedMinimizationProblem` is assembled from an unlearning
+problem and a trainable score model (:class:`UnlearningCMP`); its multipliers are projected
+into the problem's dual domain after every dual step (:class:`ProjectedMultiplier`); the
+primal step is one of three forms (:class:`ReweightedDSM`, :class:`ComposedScoreMatching`,
+:class:`SamplerLagrangian`); constraint values come from model-based estimators
+(:class:`ConstraintEstimator`); :class:`PrimalDualTrainer` runs Cooper's constrained
+optimisers with histories, callbacks, a NaN guard and bit-exact checkpoints.
+"""
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .cmp import NonFiniteStep, UnlearningCMP, UnlearningCMPState
+from .estimation import ConstraintEstimate, ConstraintEstimator, violations_from
+from .history import StepRecord, TrainingHistory
+from .multipliers import DualDomainProjection, ProjectedMultiplier, project_capped_box
+from .optim import build_constrained_optimizer
+from .options import (
+    DUAL_OPTIMIZERS,
+    FORMULATIONS,
+    OPTIMIZERS,
+    PRIMAL_OPTIMIZERS,
+    PRIMALS,
+    EngineConfigurationError,
+    LowEffectiveSampleSizeWarning,
+    UnknownOptionError,
+)
+from .primal import (
+    ComposedScoreMatching,
+    PrimalBatch,
+    PrimalForm,
+    PrimalLoss,
+    ReweightedDSM,
+    SamplerLagrangian,
+    TargetCache,
+)
+from .reference import TrainableGaussianMixture
+from .trainer import Callback, PrimalDualTrainer
+
+__all__ = [
+    "DUAL_OPTIMIZERS",
+    "FORMULATIONS",
+    "OPTIMIZERS",
+    "PRIMALS",
+    "PRIMAL_OPTIMIZERS",
+    "Callback",
+    "ComposedScoreMatching",
+    "ConstraintEstimate",
+    "ConstraintEstimator",
+    "DualDomainProjection",
+    "EngineConfigurationError",
+    "LowEffectiveSampleSizeWarning",
+    "NonFiniteStep",
+    "PrimalBatch",
+    "PrimalDualTrainer",
+    "PrimalForm",
+    "PrimalLoss",
+    "ProjectedMultiplier",
+    "ReweightedDSM",
+    "SamplerLagrangian",
+    "StepRecord",
+    "TargetCache",
+    "TrainableGaussianMixture",
+    "TrainingHistory",
+    "UnknownOptionError",
+    "UnlearningCMP",
+    "UnlearningCMPState",
+    "build_constrained_optimizer",
+    "load_checkpoint",
+    "project_capped_box",
+    "save_checkpoint",
+    "violations_from",
+]

@@ -1,0 +1,204 @@
+"""Cooper's constrained optimisers, selected by name, with a pre-step guard.
+
+The guard runs between Cooper's backward pass and its primal (extrapolation) step: it
+computes the global gradient norm, raises :class:`~dualdiff.engine.cmp.NonFiniteStep` when it
+is not finite (so no parameter is touched) and clips the gradients when asked. It is added by
+subclassing each Cooper optimiser and overriding ``primal_step`` /
+``primal_extrapolation_step`` only; Cooper's ``roll`` is used unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from cooper.optim import (
+    AlternatingDualPrimalOptimizer,
+    AlternatingPrimalDualOptimizer,
+    ConstrainedOptimizer,
+    ExtrapolationConstrainedOptimizer,
+    SimultaneousOptimizer,
+)
+from cooper.optim.torch_optimizers import ExtraAdam, ExtraSGD, nuPI
+
+from .options import (
+    DUAL_OPTIMIZERS,
+    OPTIMIZERS,
+    PRIMAL_OPTIMIZERS,
+    EngineConfigurationError,
+    resolve,
+)
+
+__all__ = ["build_constrained_optimizer"]
+
+Guard = Callable[[], None]
+
+
+class _ExtraSGD(ExtraSGD):
+    """:class:`cooper.optim.ExtraSGD` whose ``load_state_dict`` works.
+
+    Cooper 1.0.1's ``ExtraSGD.__setstate__`` calls ``super(torch.optim.SGD, self)`` although
+    ``ExtraSGD`` does not derive from ``torch.optim.SGD``, so loading a state dict raises
+    ``TypeError``; this subclass restores the plain ``Optimizer.__setstate__``.
+    """
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        torch.optim.Optimizer.__setstate__(self, state)
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+
+
+class _Guarded:
+    """Mixin: call ``self.guard()`` before every primal step; skip empty dual steps.
+
+    Cooper calls ``dual_step`` on every roll. When no constraint contributed to the dual
+    Lagrangian (not an estimation step) no multiplier has a gradient, every dual optimiser
+    step is a no-op and the multipliers are already projected, so the call is skipped.
+    """
+
+    guard: Guard | None = None
+    cmp: Any
+    _dual_params: list[torch.Tensor] | None = None
+
+    def primal_step(self) -> None:
+        if self.guard is not None:
+            self.guard()
+        super().primal_step()  # type: ignore[misc]
+
+    def _has_dual_gradient(self) -> bool:
+        if self._dual_params is None:
+            self._dual_params = list(self.cmp.dual_parameters())
+        return any(p.grad is not None for p in self._dual_params)
+
+    def dual_step(self) -> None:
+        if self._has_dual_gradient():
+            super().dual_step()  # type: ignore[misc]
+
+
+class GuardedSimultaneousOptimizer(_Guarded, SimultaneousOptimizer):
+    """:class:`cooper.optim.SimultaneousOptimizer` with the pre-step guard."""
+
+
+class GuardedAlternatingPrimalDualOptimizer(_Guarded, AlternatingPrimalDualOptimizer):
+    """:class:`cooper.optim.AlternatingPrimalDualOptimizer` with the pre-step guard."""
+
+
+class GuardedAlternatingDualPrimalOptimizer(_Guarded, AlternatingDualPrimalOptimizer):
+    """:class:`cooper.optim.AlternatingDualPrimalOptimizer` with the pre-step guard."""
+
+
+class GuardedExtrapolationOptimizer(_Guarded, ExtrapolationConstrainedOptimizer):
+    """:class:`cooper.optim.ExtrapolationConstrainedOptimizer` with the pre-step guard."""
+
+    def primal_extrapolation_step(self) -> None:
+        if self.guard is not None:
+            self.guard()
+        super().primal_extrapolation_step()
+
+    def dual_extrapolation_step(self) -> None:
+        if self._has_dual_gradient():
+            super().dual_extrapolation_step()
+
+    def restore_extrapolation(self) -> None:
+        """Undo a pending extrapolation (after a skipped second half-step)."""
+        opts: list[Any] = [*(self.primal_optimizers or []), *(self.dual_optimizers or [])]
+        for opt in opts:
+            copies = getattr(opt, "params_copy", None)
+            if copies:
+                params = [p for group in opt.param_groups for p in group["params"]]
+                with torch.no_grad():
+                    for p, saved in zip(params, copies, strict=True):
+                        p.data = saved
+                opt.params_copy = []
+
+
+_CLASSES: dict[str, type[ConstrainedOptimizer]] = {
+    "simultaneous": GuardedSimultaneousOptimizer,
+    "alternating": GuardedAlternatingPrimalDualOptimizer,
+    "alternating_dual_primal": GuardedAlternatingDualPrimalOptimizer,
+    "extragradient": GuardedExtrapolationOptimizer,
+}
+
+
+def build_constrained_optimizer(
+    cmp: Any,
+    primal_params: Iterable[torch.nn.Parameter],
+    *,
+    optimizer: str = "simultaneous",
+    primal_optimizer: str | Callable[..., torch.optim.Optimizer] = "adam",
+    primal_lr: float = 1e-3,
+    dual_optimizer: str = "sgd",
+    dual_lr: float = 1e-2,
+    primal_options: dict[str, Any] | None = None,
+    dual_options: dict[str, Any] | None = None,
+    guard: Guard | None = None,
+) -> ConstrainedOptimizer:
+    """Build one of Cooper's constrained optimisers for ``cmp``.
+
+    Parameters
+    ----------
+    cmp
+        The :class:`~cooper.ConstrainedMinimizationProblem`.
+    primal_params
+        Model parameters.
+    optimizer
+        ``"simultaneous"``, ``"alternating"`` (primal then dual),
+        ``"alternating_dual_primal"`` or ``"extragradient"``.
+    primal_optimizer
+        ``"adam"`` or ``"sgd"`` (Cooper's ``ExtraAdam`` / ``ExtraSGD`` for
+        ``"extragradient"``), or a factory ``fn(params, lr=...) -> torch.optim.Optimizer``.
+    primal_lr, dual_lr
+        Step sizes.
+    dual_optimizer
+        ``"sgd"`` (projected gradient ascent; ``ExtraSGD`` for extragradient) or ``"nupi"``
+        (:class:`cooper.optim.nuPI`, options ``Kp``, ``Ki``, ``ema_nu`` in ``dual_options``).
+    primal_options, dual_options
+        Extra keyword arguments of the optimisers.
+    guard
+        Called before every primal (extrapolation) step.
+
+    Raises
+    ------
+    UnknownOptionError
+        An unknown name.
+    EngineConfigurationError
+        ``"nupi"`` with ``"extragradient"`` (nuPI has no extrapolation step).
+    """
+    owner = "PrimalDualTrainer"
+    optimizer = resolve(optimizer, "optimizer", owner, OPTIMIZERS)
+    dual_optimizer = resolve(dual_optimizer, "dual_optimizer", owner, DUAL_OPTIMIZERS)
+    extra = optimizer == "extragradient"
+    popts = dict(primal_options or {})
+    dopts = dict(dual_options or {})
+    params = list(primal_params)
+    if callable(primal_optimizer):
+        primal = primal_optimizer(params, lr=primal_lr, **popts)
+    else:
+        name = resolve(primal_optimizer, "primal_optimizer", owner, PRIMAL_OPTIMIZERS)
+        if name == "adam":
+            primal = (ExtraAdam if extra else torch.optim.Adam)(params, lr=primal_lr, **popts)
+        else:
+            primal = (_ExtraSGD if extra else torch.optim.SGD)(params, lr=primal_lr, **popts)
+    dual_params = list(cmp.dual_parameters())
+    if dual_optimizer == "nupi":
+        if extra:
+            raise EngineConfigurationError(
+                f"{owner}: dual_optimizer='nupi' cannot be combined with "
+                "optimizer='extragradient' (nuPI has no extrapolation step); use "
+                "dual_optimizer='sgd' or another optimizer"
+            )
+        dual: torch.optim.Optimizer = nuPI(dual_params, lr=dual_lr, maximize=True, **dopts)
+    else:
+        dual = (_ExtraSGD if extra else torch.optim.SGD)(
+            dual_params, lr=dual_lr, maximize=True, **dopts
+        )
+    try:
+        opt = _CLASSES[optimizer](cmp, primal_optimizers=primal, dual_optimizers=dual)
+    except RuntimeError as exc:  # Cooper: optimisers without extrapolation
+        raise EngineConfigurationError(
+            f"{owner}: optimizer='extragradient' needs primal and dual optimisers with an "
+            f"extrapolation step (Cooper's ExtraAdam/ExtraSGD): {exc}"
+        ) from exc
+    opt.guard = guard  # type: ignore[attr-defined]
+    return opt

@@ -1,0 +1,75 @@
+"""Names accepted by the primal-dual engine and the typed errors for everything else.
+
+Every string option of :class:`~dualdiff.engine.PrimalDualTrainer` is a ``Literal`` listed
+here; :func:`resolve` rejects any other value with :class:`UnknownOptionError` (a
+``ValueError``) naming the parameter, the value received and the allowed values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, get_args
+
+from .._errors import DualdiffError
+
+__all__ = [
+    "DUAL_OPTIMIZERS",
+    "FORMULATIONS",
+    "OPTIMIZERS",
+    "PRIMALS",
+    "PRIMAL_OPTIMIZERS",
+    "DualOptimizerName",
+    "EngineConfigurationError",
+    "FormulationName",
+    "LowEffectiveSampleSizeWarning",
+    "OptimizerName",
+    "PrimalName",
+    "PrimalOptimizerName",
+    "UnknownOptionError",
+    "resolve",
+]
+
+PrimalName = Literal["reweighted_dsm", "composed", "sampler"]
+"""Primal step forms (MATH.md §4.1 (a), (b), (c))."""
+FormulationName = Literal["lagrangian", "augmented_lagrangian"]
+"""Cooper formulations: :class:`cooper.formulations.Lagrangian` and
+:class:`cooper.formulations.AugmentedLagrangian`."""
+OptimizerName = Literal["simultaneous", "alternating", "alternating_dual_primal", "extragradient"]
+"""Cooper constrained optimisers: ``SimultaneousOptimizer``, ``AlternatingPrimalDualOptimizer``
+(``"alternating"``), ``AlternatingDualPrimalOptimizer`` and
+``ExtrapolationConstrainedOptimizer``."""
+DualOptimizerName = Literal["sgd", "nupi"]
+"""Dual optimisers: projected gradient ascent or Cooper's :class:`~cooper.optim.nuPI`."""
+PrimalOptimizerName = Literal["adam", "sgd"]
+"""Primal optimisers (``ExtraAdam`` / ``ExtraSGD`` for the extragradient optimiser)."""
+
+PRIMALS: tuple[str, ...] = get_args(PrimalName)
+FORMULATIONS: tuple[str, ...] = get_args(FormulationName)
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
+DUAL_OPTIMIZERS: tuple[str, ...] = get_args(DualOptimizerName)
+PRIMAL_OPTIMIZERS: tuple[str, ...] = get_args(PrimalOptimizerName)
+
+
+class UnknownOptionError(DualdiffError, ValueError):
+    """A string option of the engine is not one of the allowed names."""
+
+
+class EngineConfigurationError(DualdiffError, ValueError):
+    """Engine options that cannot work together, or a checkpoint of another configuration.
+
+    E.g. a primal form for the wrong problem kind, or nuPI with the extragradient optimiser.
+    """
+
+
+class LowEffectiveSampleSizeWarning(UserWarning):
+    """The population effective sample size of the reweighting is below the threshold."""
+
+
+def resolve(value: Any, name: str, owner: str, allowed: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``allowed``; raise :class:`UnknownOptionError` else."""
+    if not isinstance(value, str) or value not in allowed:
+        raise UnknownOptionError(
+            f"{owner}: unknown {name}={value!r}; allowed values are "
+            + ", ".join(repr(a) for a in allowed)
+        )
+    return value

@@ -1,0 +1,519 @@
+r"""Primal step forms of the primal-dual algorithm (MATH.md §4.1).
+
+Each form is a small class with :meth:`PrimalForm.sample_batch` (all randomness of one
+step, drawn from the trainer's generator so that a step is a deterministic function of
+:math:`\theta`, :math:`\lambda` and the batch) and one method computing the primal loss for a
+batch, :meth:`PrimalForm.primal_loss`.
+
+How the multiplier reaches the primal gradient. Cooper's primal Lagrangian is
+:math:`f(\theta) + \lambda^\top g(\theta)` with :math:`\lambda` detached. That is right for
+the sampler form (c), whose constraint estimate is differentiable in :math:`\theta`: the form
+returns the differentiable violation and Cooper adds :math:`\lambda^\top g`. For the
+reweighted (a) and composed (b) forms the multiplier enters through the *training target*
+(weights :math:`w_\lambda`, or the composed score of :math:`p_\lambda`): for fixed
+:math:`\lambda` the minimiser of their loss is the minimiser of the Lagrangian
+:math:`\mathcal L(p,\lambda)` over distributions (MATH.md §1, §4a), so their loss *is* the primal
+Lagrangian up to terms constant in :math:`\theta`. They report no differentiable violation,
+and the engine marks the constraint ``contributes_to_primal_update=False`` so that Cooper does
+not add :math:`\lambda^\top g` a second time.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
+
+import torch
+
+from ..losses import denoising_score_matching_loss, predict_eps, resolve_schedule
+from ..models.schedule import NoiseSchedule
+from .options import EngineConfigurationError
+
+__all__ = [
+    "ComposedScoreMatching",
+    "DataSampler",
+    "PrimalBatch",
+    "PrimalForm",
+    "PrimalLoss",
+    "ReweightedDSM",
+    "SamplerLagrangian",
+    "TargetCache",
+    "make_primal_form",
+]
+
+_DTYPE = torch.float64
+DataSampler = Callable[[int, "torch.Generator | None"], torch.Tensor]
+"""``sampler(n, generator) -> (n, d)`` tensor of data points."""
+
+
+@dataclass
+class PrimalBatch:
+    r"""The random inputs of one primal step (all optional; each form fills what it needs).
+
+    Attributes
+    ----------
+    x0
+        Clean samples of the pretrained model, ``(n, d)`` (float64, as drawn).
+    t
+        Diffusion times for ``x0``, ``(n,)``.
+    noise
+        Noise :math:`\varepsilon` for ``x0``, ``(n, d)``.
+    unlearn
+        FU signed loss: one ``(x, t, noise)`` triple per unlearning distribution.
+    prior
+        Sampler form: the draw at ``t_max``, ``(n, d)``.
+    increments
+        Sampler form: standard normal Brownian increments, ``(K, n, d)``.
+    """
+
+    x0: torch.Tensor | None = None
+    t: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+    unlearn: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    prior: torch.Tensor | None = None
+    increments: torch.Tensor | None = None
+
+    def tensors(self) -> Iterator[torch.Tensor]:
+        """Every tensor of the batch."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                yield v
+            elif isinstance(v, list):
+                for triple in v:
+                    yield from triple
+
+    def is_finite(self) -> bool:
+        """Whether every entry of every tensor is finite."""
+        return all(bool(torch.isfinite(t).all()) for t in self.tensors())
+
+    def to(self, device: torch.device | str) -> PrimalBatch:
+        """Copy on ``device`` (dtypes unchanged)."""
+        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return replace(
+            self,
+            x0=mv(self.x0),
+            t=mv(self.t),
+            noise=mv(self.noise),
+            unlearn=[(a.to(device), b.to(device), c.to(device)) for a, b, c in self.unlearn],
+            prior=mv(self.prior),
+            increments=mv(self.increments),
+        )
+
+
+@dataclass
+class PrimalLoss:
+    r"""Result of :meth:`PrimalForm.primal_loss`.
+
+    Attributes
+    ----------
+    loss
+        Scalar primal loss, differentiable in the model's parameters.
+    violation
+        Differentiable constraint violations ``(m,)`` (Cooper convention, ``<= 0`` feasible)
+        when the form's constraint estimate depends on :math:`\theta`; else ``None``.
+    stats
+        Diagnostics (floats), e.g. the batch effective sample size ``"ess"``.
+    """
+
+    loss: torch.Tensor
+    violation: torch.Tensor | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class TargetCache:
+    r"""Closed-form targets :math:`p_\lambda`, rebuilt only when :math:`\lambda` changes.
+
+    Multipliers move on dual steps only, so most primal steps reuse the cached target.
+    """
+
+    def __init__(self, problem: Any) -> None:
+        self.problem = problem
+        self._key: tuple[float, ...] | None = None
+        self._target: Any = None
+        #: Number of targets built so far (a new one may need an ESS check).
+        self.builds = 0
+
+    def __call__(self, lam: torch.Tensor) -> Any:
+        """The target at multipliers ``lam`` ``(m,)``."""
+        lam64 = lam.detach().to(device="cpu", dtype=_DTYPE).reshape(-1)
+        key = tuple(lam64.tolist())
+        if key != self._key:
+            self._target = self.problem.target(lam64)
+            self._key = key
+            self.builds += 1
+        return self._target
+
+    @property
+    def current(self) -> Any:
+        """The last target built (``None`` before the first)."""
+        return self._target
+
+
+def _uniform_times(
+    n: int, sched: NoiseSchedule, generator: torch.Generator | None
+) -> torch.Tensor:
+    u = torch.rand(n, dtype=_DTYPE, generator=generator)
+    return float(sched.t_min) + (float(sched.t_max) - float(sched.t_min)) * u
+
+
+def _model_dtype_device(model: Any) -> tuple[torch.dtype, torch.device]:
+    for p in model.parameters():
+        return p.dtype, p.device
+    return _DTYPE, torch.device("cpu")
+
+
+class PrimalForm(ABC):
+    """Base class of the primal step forms.
+
+    Parameters
+    ----------
+    problem
+        The :class:`~dualdiff.UnlearningProblem`.
+    targets
+        Shared :class:`TargetCache` of the problem.
+    pretrained_data
+        ``sampler(n, generator) -> (n, d)`` drawing clean samples of :math:`p_0`.
+    unlearn_data
+        One sampler per unlearning distribution (FU signed loss).
+    """
+
+    #: Name used by :class:`~dualdiff.engine.PrimalDualTrainer`.
+    name: ClassVar[str] = ""
+    #: Problem kinds the form supports.
+    kinds: ClassVar[tuple[str, ...]] = ("RU", "FU", "LU")
+    #: True when :meth:`primal_loss` returns a violation differentiable in theta.
+    differentiable_constraints: ClassVar[bool] = False
+    #: True when the loss trains on samples of p0 reweighted by w_lam (population ESS matters).
+    uses_weights: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        problem: Any,
+        targets: TargetCache,
+        pretrained_data: DataSampler,
+        unlearn_data: Sequence[DataSampler],
+    ) -> None:
+        if problem.kind not in self.kinds:
+            raise EngineConfigurationError(
+                f"{type(self).__name__}: primal={self.name!r} does not support problem kind "
+                f"{problem.kind!r}; it supports {', '.join(self.kinds)}"
+            )
+        self.problem = problem
+        self.targets = targets
+        self.pretrained_data = pretrained_data
+        self.unlearn_data = list(unlearn_data)
+        self._schedule: tuple[int, NoiseSchedule] | None = None
+
+    def schedule(self, model: Any) -> NoiseSchedule:
+        """The model's noise schedule (resolved once per model)."""
+        if self._schedule is None or self._schedule[0] != id(model):
+            self._schedule = (id(model), resolve_schedule(model, None, type(self).__name__))
+        return self._schedule[1]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kind={self.problem.kind})"
+
+    def _draw_x0(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        x0 = self.pretrained_data(n, generator)
+        if not isinstance(x0, torch.Tensor) or x0.shape != (n, self.problem.dim):
+            raise ValueError(
+                f"{type(self).__name__}: the pretrained data sampler must return a tensor of "
+                f"shape ({n}, {self.problem.dim}), got {getattr(x0, 'shape', type(x0).__name__)}"
+            )
+        return x0.detach().to(device="cpu", dtype=_DTYPE)
+
+    def _dsm_batch(
+        self, model: Any, n: int, generator: torch.Generator | None
+    ) -> PrimalBatch:
+        sched = self.schedule(model)
+        x0 = self._draw_x0(n, generator)
+        t = _uniform_times(n, sched, generator)
+        noise = torch.randn(x0.shape, dtype=_DTYPE, generator=generator)
+        return PrimalBatch(x0=x0, t=t, noise=noise)
+
+    def sample_batch(
+        self, model: Any, n: int, generator: torch.Generator | None
+    ) -> PrimalBatch:
+        """Draw the random inputs of one step (on the CPU, float64)."""
+        return self._dsm_batch(model, n, generator)
+
+    @abstractmethod
+    def primal_loss(
+        self, model: Any, batch: PrimalBatch, multipliers: torch.Tensor
+    ) -> PrimalLoss:
+        """Primal loss of ``model`` on ``batch`` at (primal) multipliers ``(m,)``."""
+
+
+class ReweightedDSM(PrimalForm):
+    r"""(a) Reweighted denoising score matching — exact for RU, FU and LU.
+
+    The target is a reweighting of the pretrained model, :math:`p_\lambda = w_\lambda p_0`
+    (:meth:`~dualdiff.targets.Target.log_weight`), and
+
+    .. math::
+        \mathcal J(\theta;\lambda) = \sum_{j=1}^n \bar w_j\,
+        \big\|\hat\varepsilon_\theta(\alpha_{t_j}x_0^{(j)}+\sigma_{t_j}\varepsilon_j, t_j)
+        - \varepsilon_j\big\|^2/D,\qquad
+        \bar w_j = \frac{w_\lambda(x_0^{(j)})}{\sum_k w_\lambda(x_0^{(k)})},
+        \quad x_0^{(j)}\sim p_0,
+
+    whose population minimiser is the exact noised score of :math:`p_\lambda` at every
+    :math:`t` (since :math:`E_{p_0}[w_\lambda f] = E_{p_\lambda}[f]`). Weights are
+    self-normalised per batch; the batch effective sample size
+    :math:`(\sum_j w_j)^2/(n\sum_j w_j^2)` is reported as ``stats["ess"]``. FU weights are
+    :math:`\ge 0` because the multipliers stay in the dual domain.
+    """
+
+    name = "reweighted_dsm"
+    uses_weights = True
+
+    def primal_loss(  # noqa: D102
+        self, model: Any, batch: PrimalBatch, multipliers: torch.Tensor
+    ) -> PrimalLoss:
+        assert batch.x0 is not None and batch.t is not None and batch.noise is not None
+        target = self.targets(multipliers)
+        with torch.no_grad():
+            log_w = target.log_weight(batch.x0.to(device="cpu", dtype=_DTYPE))
+            p = torch.softmax(log_w, 0)
+            n = log_w.shape[0]
+            ess = float(1.0 / (n * (p**2).sum()))
+        dtype, device = _model_dtype_device(model)
+        w = (p * n).to(dtype=dtype, device=device)
+        loss = denoising_score_matching_loss(
+            model,
+            batch.x0.to(dtype=dtype, device=device),
+            t=batch.t.to(dtype=dtype, device=device),
+            noise=batch.noise.to(dtype=dtype, device=device),
+            weights=w,
+            reduction="mean",
+        )
+        return PrimalLoss(loss=loss, stats={"ess": ess})
+
+
+class ComposedScoreMatching(PrimalForm):
+    r"""(b) Composed-score matching (ESD-style) and, for FU, the signed denoising loss.
+
+    RU and LU: regress the model's noise prediction on the frozen target's *composed* noised
+    score (exact at :math:`t=0`, an approximation for :math:`t>0`; MATH.md §3):
+
+    .. math::
+        \mathcal J(\theta;\lambda) = E\,\big\|\hat\varepsilon_\theta(x_t,t)
+        + \sigma_t\,s^{\mathrm{comp}}_{\lambda}(x_t,t)\big\|^2/D,\qquad
+        x_t = \alpha_t x_0+\sigma_t\varepsilon,\ x_0\sim p_0 .
+
+    FU: the signed denoising loss, whose minimiser over score functions is the exact noised
+    score of :math:`p_\lambda` (MATH.md §1, FU training form):
+
+    .. math::
+        \mathcal J(\theta;\lambda) = \frac{E_{p_0}[\ell_\theta] - \sum_i\lambda_i
+        E_{q_i}[\ell_\theta]}{1-\Lambda},
+
+    :math:`\ell_\theta` the per-sample denoising loss, with independent batches of
+    :math:`p_0` and of each :math:`q_i`.
+    """
+
+    name = "composed"
+
+    def sample_batch(  # noqa: D102
+        self, model: Any, n: int, generator: torch.Generator | None
+    ) -> PrimalBatch:
+        batch = self._dsm_batch(model, n, generator)
+        if self.problem.kind == "FU":
+            sched = self.schedule(model)
+            for i, sampler in enumerate(self.unlearn_data):
+                xq = sampler(n, generator)
+                if not isinstance(xq, torch.Tensor) or xq.shape != (n, self.problem.dim):
+                    raise ValueError(
+                        f"ComposedScoreMatching: unlearn data sampler {i} must return a tensor "
+                        f"of shape ({n}, {self.problem.dim}), got "
+                        f"{getattr(xq, 'shape', type(xq).__name__)}"
+                    )
+                xq = xq.detach().to(device="cpu", dtype=_DTYPE)
+                tq = _uniform_times(n, sched, generator)
+                nq = torch.randn(xq.shape, dtype=_DTYPE, generator=generator)
+                batch.unlearn.append((xq, tq, nq))
+        return batch
+
+    def primal_loss(  # noqa: D102
+        self, model: Any, batch: PrimalBatch, multipliers: torch.Tensor
+    ) -> PrimalLoss:
+        assert batch.x0 is not None and batch.t is not None and batch.noise is not None
+        dtype, device = _model_dtype_device(model)
+        if self.problem.kind == "FU":
+            lam = multipliers.detach().to(dtype=_DTYPE, device="cpu")
+            loss = denoising_score_matching_loss(
+                model,
+                batch.x0.to(dtype=dtype, device=device),
+                t=batch.t.to(dtype=dtype, device=device),
+                noise=batch.noise.to(dtype=dtype, device=device),
+            )
+            for lam_i, (xq, tq, nq) in zip(lam.tolist(), batch.unlearn, strict=True):
+                if lam_i != 0.0:
+                    lq = denoising_score_matching_loss(
+                        model,
+                        xq.to(dtype=dtype, device=device),
+                        t=tq.to(dtype=dtype, device=device),
+                        noise=nq.to(dtype=dtype, device=device),
+                    )
+                    loss = loss - lam_i * lq
+            return PrimalLoss(loss=loss / (1.0 - float(lam.sum())))
+        target = self.targets(multipliers)
+        sched = self.schedule(model)
+        x0, t, eps = (v.to(device="cpu", dtype=_DTYPE) for v in (batch.x0, batch.t, batch.noise))
+        a = torch.as_tensor(sched.alpha(t)).to(_DTYPE)[:, None]
+        s = torch.as_tensor(sched.sigma(t)).to(_DTYPE)[:, None]
+        x_t = a * x0 + s * eps
+        with torch.no_grad():
+            eps_star = -s * target.score(x_t, t)
+        eps_hat = predict_eps(
+            model,
+            x_t.to(dtype=dtype, device=device),
+            t.to(dtype=dtype, device=device),
+            s.to(dtype=dtype, device=device),
+        )
+        err = eps_hat - eps_star.to(dtype=dtype, device=device)
+        return PrimalLoss(loss=err.pow(2).flatten(1).mean(1).mean())
+
+
+class SamplerLagrangian(PrimalForm):
+    r"""(c) Lagrangian on the sampler: pathwise KL plus a differentiable constraint estimate.
+
+    The model's own Euler–Maruyama trajectory (``steps`` steps on the uniform grid
+    :math:`t_{\max}=t_0>\dots>t_K=t_{\min}`, :math:`h = (t_{\max}-t_{\min})/K`)
+
+    .. math::
+        x_{k+1} = x_k - h\big[f(t_k)x_k - g(t_k)^2 s_\theta(x_k,t_k)\big] + g(t_k)\sqrt h\,z_k,
+        \qquad x_0\sim\mathcal N(0,\sigma_{t_{\max}}^2 I),
+
+    is differentiated through (reparameterisation). The objective is the discretised Girsanov
+    KL between the model's and the frozen reference's path measures,
+
+    .. math::
+        \widehat{\mathrm{KL}}(\mathbb P_\theta\|\mathbb P_{\mathrm{ref}}) = \frac1n\sum_{j}
+        \sum_{k=0}^{K-1}\frac{h\,g(t_k)^2}{2\sigma_{t_k}^2}
+        \big\|\hat\varepsilon_\theta(x^{(j)}_k,t_k)-\hat\varepsilon_{\mathrm{ref}}(x^{(j)}_k,t_k)
+        \big\|^2,
+
+    an upper bound on :math:`\mathrm{KL}(p_\theta\|p_0)` (data processing). The differentiable
+    violations added by Cooper as :math:`\lambda^\top g(\theta)` are
+
+    * LU: :math:`g_i = \frac1n\sum_j \ell_i(x^{(j)}_K) - \tau_i` (the authors' practice,
+      MATH.md §1 LU);
+    * RU: :math:`g_i = b_i - \widehat{\mathrm{KL}}(\mathbb P_\theta\|\mathbb P_{q_i})` with the
+      same path estimator against the score of :math:`q_i` (a path-measure surrogate of
+      :math:`\mathrm{KL}(p_\theta\|q_i)`).
+
+    FU (expectations under :math:`q_i`, not under the model) has no sampler form.
+
+    Parameters
+    ----------
+    steps
+        Euler–Maruyama steps ``K`` (memory grows linearly: the trajectory is kept for
+        backpropagation).
+    reference
+        Frozen score model of the objective (default: the problem's pretrained mixture, exact
+        scores); e.g. a frozen copy of the pretrained network.
+    """
+
+    name = "sampler"
+    kinds = ("RU", "LU")
+    differentiable_constraints = True
+
+    def __init__(
+        self,
+        problem: Any,
+        targets: TargetCache,
+        pretrained_data: DataSampler,
+        unlearn_data: Sequence[DataSampler],
+        *,
+        steps: int = 50,
+        reference: Any = None,
+    ) -> None:
+        super().__init__(problem, targets, pretrained_data, unlearn_data)
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(
+                f"SamplerLagrangian: parameter 'steps' must be an int >= 1, got {steps!r}"
+            )
+        self.steps = steps
+        self.reference = reference if reference is not None else problem.pretrained
+
+    def sample_batch(  # noqa: D102
+        self, model: Any, n: int, generator: torch.Generator | None
+    ) -> PrimalBatch:
+        sched = self.schedule(model)
+        d = self.problem.dim
+        sigma_max = float(sched.sigma(torch.tensor(float(sched.t_max), dtype=_DTYPE)))
+        prior = sigma_max * torch.randn(n, d, dtype=_DTYPE, generator=generator)
+        inc = torch.randn(self.steps, n, d, dtype=_DTYPE, generator=generator)
+        return PrimalBatch(prior=prior, increments=inc)
+
+    def primal_loss(  # noqa: D102
+        self, model: Any, batch: PrimalBatch, multipliers: torch.Tensor
+    ) -> PrimalLoss:
+        assert batch.prior is not None and batch.increments is not None
+        dtype, device = _model_dtype_device(model)
+        sched = self.schedule(model)
+        prob = self.problem
+        times = torch.linspace(
+            float(sched.t_max), float(sched.t_min), self.steps + 1, dtype=_DTYPE
+        ).tolist()
+        x = batch.prior.to(dtype=dtype, device=device)
+        n = x.shape[0]
+        others = prob.unlearn if prob.kind == "RU" else []
+        kl = torch.zeros(n, dtype=dtype, device=device)
+        kl_q = [torch.zeros(n, dtype=dtype, device=device) for _ in others]
+        for k in range(self.steps):
+            tk, h = times[k], times[k] - times[k + 1]
+            t64 = torch.tensor(tk, dtype=_DTYPE)
+            f = float(sched.drift_coef(t64))
+            g2 = float(sched.g(t64)) ** 2
+            sig = float(sched.sigma(t64))
+            tt = torch.full((n,), tk, dtype=dtype, device=device)
+            sig_t = torch.full((n, 1), sig, dtype=dtype, device=device)
+            eps_theta = predict_eps(model, x, tt, sig_t)
+            scale = h * g2 / (2.0 * sig**2)
+            eps_ref = -sig * self.reference.score(x, tk).to(dtype)
+            kl = kl + scale * (eps_theta - eps_ref).pow(2).sum(-1)
+            for i, q in enumerate(others):
+                eps_q = -sig * q.score(x, tk).to(dtype)
+                kl_q[i] = kl_q[i] + scale * (eps_theta - eps_q).pow(2).sum(-1)
+            score = -eps_theta / sig
+            z = batch.increments[k].to(dtype=dtype, device=device)
+            x = x - h * (f * x - g2 * score) + math.sqrt(g2 * h) * z
+        if prob.kind == "LU":
+            x64 = x.to(_DTYPE).cpu() if device.type != "cpu" else x.to(_DTYPE)
+            ell = torch.stack([pot.value(x64).to(_DTYPE).mean() for pot in prob.potentials])
+            violation = ell - prob.bounds
+        else:
+            violation = prob.bounds - torch.stack([v.mean().to(_DTYPE).cpu() for v in kl_q])
+        return PrimalLoss(
+            loss=kl.mean(),
+            violation=violation,
+            stats={"path_kl": float(kl.detach().mean())},
+        )
+
+
+_FORMS: dict[str, type[PrimalForm]] = {
+    ReweightedDSM.name: ReweightedDSM,
+    ComposedScoreMatching.name: ComposedScoreMatching,
+    SamplerLagrangian.name: SamplerLagrangian,
+}
+
+
+def make_primal_form(
+    name: str,
+    problem: Any,
+    targets: TargetCache,
+    pretrained_data: DataSampler,
+    unlearn_data: Sequence[DataSampler],
+    **options: Any,
+) -> PrimalForm:
+    """Instantiate the primal form called ``name`` (see :data:`~dualdiff.engine.PRIMALS`)."""
+    cls = _FORMS[name]
+    return cls(problem, targets, pretrained_data, unlearn_data, **options)

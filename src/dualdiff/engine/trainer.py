@@ -1,0 +1,523 @@
+r"""The primal-dual trainer: MATH.md §4 on top of Cooper.
+
+.. math::
+    \theta \leftarrow \text{primal step on } \mathcal J(\theta;\lambda),\qquad
+    \lambda \leftarrow \Pi_{\mathcal D}\big(\lambda + \eta_{\text{dual}}\,(b - \hat C(\theta))\big)
+
+(for LU the violation is :math:`\hat C - \tau`), with :math:`\mathcal J` one of the primal
+forms of :mod:`dualdiff.engine.primal`, :math:`\hat C` a model-based estimate
+(:mod:`dualdiff.engine.estimation`) refreshed every ``estimate_every`` steps, and
+:math:`\Pi_{\mathcal D}` the projection into the dual domain
+(:mod:`dualdiff.engine.multipliers`). Each step is one ``roll`` of a Cooper constrained
+optimiser on the :class:`~dualdiff.engine.UnlearningCMP`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from os import PathLike
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._errors import NonFiniteError
+from .._validation import check_positive
+from .cmp import NonFiniteStep, UnlearningCMP
+from .estimation import ConstraintEstimate, ConstraintEstimator
+from .history import StepRecord, TrainingHistory
+from .multipliers import DualDomainProjection
+from .optim import GuardedExtrapolationOptimizer, build_constrained_optimizer
+from .options import (
+    FORMULATIONS,
+    PRIMALS,
+    LowEffectiveSampleSizeWarning,
+    resolve,
+)
+from .primal import DataSampler, PrimalForm, TargetCache, make_primal_form
+
+__all__ = ["Callback", "PrimalDualTrainer"]
+
+Callback = Callable[["PrimalDualTrainer", StepRecord], "bool | None"]
+"""``callback(trainer, record)`` after every step; returning ``True`` stops :meth:`fit`."""
+
+
+def _state_module(model: Any) -> nn.Module:
+    """The ``nn.Module`` whose ``state_dict`` is the model's trainable state."""
+    if isinstance(model, nn.Module):
+        return model
+    inner = getattr(model, "module", None)
+    if isinstance(inner, nn.Module):
+        return inner
+    raise TypeError(
+        "PrimalDualTrainer: parameter 'model' must be a torch.nn.Module or wrap one as "
+        f"'.module' (e.g. ModuleScoreModel), got {type(model).__name__}"
+    )
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` for :func:`warnings.warn` pointing at the first frame outside the engine.
+
+    That is the user's call of ``fit`` or ``step``.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
+def _sampler_of(dist: Any) -> DataSampler:
+    """``sampler(n, generator)`` drawing from ``dist.sample``."""
+
+    def sampler(n: int, generator: torch.Generator | None) -> torch.Tensor:
+        return dist.sample(n, generator=generator)
+
+    return sampler
+
+
+def _int(value: Any, name: str, low: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(
+            f"PrimalDualTrainer: parameter '{name}' must be an int >= {low}, got {value!r}"
+        )
+    return value
+
+
+class PrimalDualTrainer:
+    r"""Fine-tune a score model on an unlearning problem by primal-dual training on Cooper.
+
+    Parameters
+    ----------
+    problem
+        :class:`~dualdiff.KLConstrainedProblem` (RU/FU) or
+        :class:`~dualdiff.LikelihoodConstrainedProblem` (LU).
+    model
+        The trainable score model, initialised at the pretrained weights: an ``nn.Module`` with
+        ``score(x, t)`` (e.g. :class:`~dualdiff.engine.TrainableGaussianMixture`) or a wrapper
+        with ``.module`` and ``parameters()`` (e.g. :class:`~dualdiff.models.ModuleScoreModel`).
+    primal
+        ``"reweighted_dsm"`` (default; exact for RU/FU/LU), ``"composed"`` (ESD-style
+        composed-score regression; signed denoising loss for FU) or ``"sampler"`` (pathwise
+        KL + constraint through the sampler; RU and LU).
+    formulation
+        ``"lagrangian"`` or ``"augmented_lagrangian"`` (Cooper formulations).
+    optimizer
+        Cooper constrained optimiser: ``"simultaneous"``, ``"alternating"`` (primal then dual,
+        the dual at the updated model), ``"alternating_dual_primal"`` or ``"extragradient"``.
+    dual_optimizer
+        ``"sgd"`` (projected gradient ascent) or ``"nupi"`` (Cooper's nuPI controller).
+    primal_optimizer
+        ``"adam"`` (default) or ``"sgd"``, or a factory ``fn(params, lr=...)``.
+    primal_lr, dual_lr
+        Step sizes.
+    batch_size
+        Samples per primal step.
+    pretrained_data
+        ``sampler(n, generator) -> (n, d)`` of clean pretrained samples (default
+        ``problem.pretrained.sample``; e.g. a dataset or the frozen model's samples).
+    unlearn_data
+        Samplers of the unlearning distributions (FU signed loss; default
+        ``problem.unlearn[i].sample``).
+    estimator
+        ``"auto"``, ``"exact"``, ``"ode"`` (see :class:`~dualdiff.engine.ConstraintEstimator`)
+        or a callable ``fn(model, generator)`` returning a
+        :class:`~dualdiff.engine.ConstraintEstimate` or constraint values ``(m,)``.
+    estimate_every
+        Dual step (and estimate) every this many steps: the primal takes ``estimate_every``
+        steps at fixed multipliers.
+    estimate_samples
+        Monte Carlo sample size of the ODE estimator.
+    estimate_objective
+        Also estimate the objective (extra ODE pass for the ODE estimator).
+    grad_clip
+        Clip the global gradient norm of the model to this value (``None``: no clipping).
+    ess_warning
+        Warn (:class:`~dualdiff.engine.LowEffectiveSampleSizeWarning`) when the population
+        effective sample size of the reweighting drops below this (reweighted DSM).
+    penalty
+        Augmented-Lagrangian penalty :math:`\rho` (default ``dual_lr``).
+    lam_max
+        Optional user upper bounds on the multipliers (float or ``(m,)``).
+    domain_margin
+        Relative margin kept from the open boundary of the dual domain.
+    init_multipliers
+        Initial multipliers ``(m,)`` (default zeros).
+    primal_options
+        Extra options of the primal form (sampler: ``steps``, ``reference``).
+    primal_optimizer_options, dual_optimizer_options
+        Extra keyword arguments of the optimisers (e.g. nuPI's ``Kp``, ``Ki``, ``ema_nu``).
+    callbacks
+        ``callback(trainer, record)`` after every step; returning ``True`` stops :meth:`fit`.
+    seed
+        Seed of the trainer's own generator (batches, noise, estimates).
+    device
+        Device of batches and multipliers (default: the model's).
+
+    Notes
+    -----
+    A step whose batch, loss, gradient or estimate is not finite is skipped: no parameter is
+    updated, the multipliers are restored, and the reason is recorded in
+    :attr:`history` (``history.skipped``). With ``optimizer="alternating"`` the dual
+    estimate comes after the primal step; if only it fails, the primal step stands and the
+    record says the dual step was skipped.
+
+    Examples
+    --------
+    >>> prob = KLConstrainedProblem(p0, [q], bounds=[1.0], direction="forward")  # doctest: +SKIP
+    >>> model = TrainableGaussianMixture.from_mixture(p0)  # doctest: +SKIP
+    >>> trainer = PrimalDualTrainer(prob, model, primal_lr=0.02, dual_lr=0.5)  # doctest: +SKIP
+    >>> history = trainer.fit(500)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        problem: Any,
+        model: Any,
+        *,
+        primal: str = "reweighted_dsm",
+        formulation: str = "lagrangian",
+        optimizer: str = "simultaneous",
+        dual_optimizer: str = "sgd",
+        primal_optimizer: str | Callable[..., torch.optim.Optimizer] = "adam",
+        primal_lr: float = 1e-3,
+        dual_lr: float = 0.1,
+        batch_size: int = 256,
+        pretrained_data: DataSampler | None = None,
+        unlearn_data: Sequence[DataSampler] | None = None,
+        estimator: str | Callable[..., Any] = "auto",
+        estimate_every: int = 1,
+        estimate_samples: int = 256,
+        estimate_objective: bool = True,
+        grad_clip: float | None = None,
+        ess_warning: float = 0.05,
+        penalty: float | None = None,
+        lam_max: Any = None,
+        domain_margin: float = 1e-3,
+        init_multipliers: Any = None,
+        primal_options: dict[str, Any] | None = None,
+        primal_optimizer_options: dict[str, Any] | None = None,
+        dual_optimizer_options: dict[str, Any] | None = None,
+        callbacks: Sequence[Callback] = (),
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> None:
+        owner = "PrimalDualTrainer"
+        if getattr(problem, "kind", None) not in ("RU", "FU", "LU"):
+            raise TypeError(
+                f"{owner}: parameter 'problem' must be a KLConstrainedProblem or "
+                f"LikelihoodConstrainedProblem, got {type(problem).__name__}"
+            )
+        if not callable(getattr(model, "score", None)) or not callable(
+            getattr(model, "parameters", None)
+        ):
+            raise TypeError(
+                f"{owner}: parameter 'model' must be a trainable score model with score(x, t) "
+                f"and parameters(), got {type(model).__name__}"
+            )
+        self.problem = problem
+        self.model = model
+        self.module = _state_module(model)
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        if not self._params:
+            raise ValueError(f"{owner}: the model has no trainable parameters")
+        self.primal_name = resolve(primal, "primal", owner, PRIMALS)
+        self.formulation_name = resolve(formulation, "formulation", owner, FORMULATIONS)
+        self.optimizer_name = optimizer
+        self.dual_optimizer_name = dual_optimizer
+        self.primal_lr = check_positive(primal_lr, "primal_lr", owner)
+        self.dual_lr = check_positive(dual_lr, "dual_lr", owner)
+        self.batch_size = _int(batch_size, "batch_size", 2)
+        self.estimate_every = _int(estimate_every, "estimate_every", 1)
+        self.grad_clip = (
+            None if grad_clip is None else check_positive(grad_clip, "grad_clip", owner)
+        )
+        self.ess_warning = float(ess_warning)
+        if not 0.0 <= self.ess_warning <= 1.0:
+            raise ValueError(
+                f"{owner}: parameter 'ess_warning' must be in [0, 1], got {ess_warning}"
+            )
+        self.seed = _int(seed, "seed", 0)
+        self.device = torch.device(device) if device is not None else self._params[0].device
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not callable(cb):
+                raise TypeError(f"{owner}: every callback must be callable, got {cb!r}")
+
+        if pretrained_data is None:
+            pretrained_data = _sampler_of(problem.pretrained)
+        if unlearn_data is None:
+            unlearn_data = [_sampler_of(q) for q in problem.unlearn]
+        if len(unlearn_data) != problem.m:
+            raise ValueError(
+                f"{owner}: parameter 'unlearn_data' must have one sampler per constraint "
+                f"(m={problem.m}), got {len(unlearn_data)}"
+            )
+        self.targets = TargetCache(problem)
+        self.form: PrimalForm = make_primal_form(
+            self.primal_name, problem, self.targets, pretrained_data, unlearn_data,
+            **(primal_options or {}),
+        )
+        if isinstance(estimator, str):
+            self.estimator: Callable[..., Any] = ConstraintEstimator(
+                problem,
+                method=estimator,  # type: ignore[arg-type]
+                n_samples=_int(estimate_samples, "estimate_samples", 2),
+                estimate_objective=estimate_objective,
+            )
+        elif callable(estimator):
+            self.estimator = estimator
+        else:
+            raise TypeError(
+                f"{owner}: parameter 'estimator' must be 'auto', 'exact', 'ode' or a callable "
+                f"fn(model, generator), got {estimator!r}"
+            )
+        self.projection = DualDomainProjection(problem, margin=domain_margin, lam_max=lam_max)
+        self.penalty = (
+            self.dual_lr if penalty is None else check_positive(penalty, "penalty", owner)
+        )
+        self.cmp = UnlearningCMP(
+            problem,
+            model,
+            self.form,
+            self.estimator,
+            self.projection,
+            formulation=self.formulation_name,
+            penalty=self.penalty,
+            init_multipliers=init_multipliers,
+            device=self.device,
+        )
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.cmp.generator = self.generator
+        self.constrained_optimizer = build_constrained_optimizer(
+            self.cmp,
+            self._params,
+            optimizer=optimizer,
+            primal_optimizer=primal_optimizer,
+            primal_lr=self.primal_lr,
+            dual_optimizer=dual_optimizer,
+            dual_lr=self.dual_lr,
+            primal_options=primal_optimizer_options,
+            dual_options=dual_optimizer_options,
+            guard=self._guard,
+        )
+        self.history = TrainingHistory()
+        self._step = 0
+        self._grad_norm: float | None = None
+        self._primal_applied = False
+        self._ess_key: tuple[float, ...] | None = None
+        self._ess_low = False
+
+    def __repr__(self) -> str:
+        return (
+            f"PrimalDualTrainer(kind={self.problem.kind}, primal={self.primal_name!r}, "
+            f"formulation={self.formulation_name!r}, optimizer={self.optimizer_name!r}, "
+            f"dual_optimizer={self.dual_optimizer_name!r}, step={self._step}, "
+            f"multipliers={self.multipliers.tolist()})"
+        )
+
+    # ------------------------------------------------------------------ state
+    @property
+    def multipliers(self) -> torch.Tensor:
+        r"""Current :math:`\lambda` ``(m,)`` (float64 copy)."""
+        return self.cmp.multiplier_values()
+
+    @property
+    def step_count(self) -> int:
+        """Number of steps taken (skipped ones included)."""
+        return self._step
+
+    @property
+    def last_estimate(self) -> ConstraintEstimate | None:
+        """The latest finite constraint estimate."""
+        return self.cmp.last_estimate
+
+    def config(self) -> dict[str, Any]:
+        """The options a checkpoint must agree on."""
+        return {
+            "kind": self.problem.kind,
+            "m": self.problem.m,
+            "primal": self.primal_name,
+            "formulation": self.formulation_name,
+            "optimizer": self.optimizer_name,
+            "dual_optimizer": self.dual_optimizer_name,
+        }
+
+    def target(self) -> Any:
+        r"""Closed-form target :math:`p_\lambda` at the current multipliers."""
+        return self.problem.target(self.multipliers.cpu())
+
+    def certificate(self) -> Any:
+        """Duality certificate of the model at the current multipliers.
+
+        Needs an analytic ``log_prob``; see :meth:`~dualdiff.UnlearningProblem.certificate`.
+        """
+        return self.problem.certificate(self.model, self.multipliers.cpu())
+
+    # ------------------------------------------------------------------ one step
+    def _guard(self) -> None:
+        grads = [p.grad for p in self._params if p.grad is not None]
+        self._primal_applied = False
+        if not grads:
+            self._grad_norm = None
+            return
+        total_norm = getattr(nn.utils, "get_total_norm", None)
+        if total_norm is not None:
+            norm = total_norm(grads)
+        else:  # torch < 2.6
+            norms = [torch.linalg.vector_norm(g) for g in grads]
+            norm = torch.linalg.vector_norm(torch.stack(norms))
+        value = float(norm)
+        self._grad_norm = value
+        if not math.isfinite(value):
+            raise NonFiniteStep(f"non-finite gradient (global norm {value})")
+        if self.grad_clip is not None and value > self.grad_clip:
+            coef = self.grad_clip / (value + 1e-6)
+            torch._foreach_mul_(grads, coef)
+        self._primal_applied = True
+
+    def _recover(self, multipliers: torch.Tensor, estimate: ConstraintEstimate | None) -> None:
+        opt = self.constrained_optimizer
+        if isinstance(opt, GuardedExtrapolationOptimizer):
+            opt.restore_extrapolation()
+            self._primal_applied = False
+        with torch.no_grad():
+            self.cmp.multiplier.weight.data.copy_(multipliers)
+        if not self._primal_applied:
+            self.cmp.last_estimate = estimate
+        opt.zero_grad()
+
+    def step(self) -> StepRecord:
+        """One primal-dual step (one Cooper ``roll``); returns its :class:`StepRecord`."""
+        k = self._step
+        due = k % self.estimate_every == 0
+        cmp = self.cmp
+        cmp.step_estimate = None
+        cmp.step_stats = {}
+        cmp.step_primal_multipliers = None
+        self._grad_norm = None
+        self._primal_applied = False
+        saved_lam = cmp.multiplier.weight.detach().clone()
+        saved_est = cmp.last_estimate
+        record = StepRecord(step=k)
+        try:
+            batch = self.form.sample_batch(self.model, self.batch_size, self.generator)
+            if not batch.is_finite():
+                raise NonFiniteStep("non-finite batch (NaN or inf in the sampled data)")
+            if self.optimizer_name == "alternating":
+                roll = self.constrained_optimizer.roll(  # type: ignore[call-arg]
+                    compute_cmp_state_kwargs={"batch": batch, "estimate": False},
+                    compute_violations_kwargs={"estimate": due},
+                )
+            else:
+                roll = self.constrained_optimizer.roll(
+                    compute_cmp_state_kwargs={"batch": batch, "estimate": due}
+                )
+            record.loss = float(roll.loss.detach())
+        except NonFiniteError as exc:
+            self._recover(saved_lam, saved_est)
+            reason = str(exc)
+            if self._primal_applied:
+                reason = f"dual step skipped (the primal step was applied): {reason}"
+            record.skipped = reason
+        self._step += 1
+        record.multipliers = cmp.multiplier_values().tolist()
+        if cmp.step_primal_multipliers is not None:
+            record.primal_multipliers = cmp.step_primal_multipliers.tolist()
+        stats = dict(cmp.step_stats)
+        record.ess = stats.pop("ess", None)
+        record.stats = stats
+        record.grad_norm = self._grad_norm
+        if cmp.step_estimate is not None and record.skipped is None:
+            record.estimate = cmp.step_estimate.to_dict()
+        self.history.records.append(record)
+        self._check_population_ess(k)
+        return record
+
+    def _check_population_ess(self, step: int) -> None:
+        """Record (and warn about) the population ESS of each new reweighting target."""
+        if not self.form.uses_weights or self.targets.current is None:
+            return
+        target = self.targets.current
+        key = tuple(target.multipliers.tolist())
+        if key == self._ess_key:
+            return
+        self._ess_key = key
+        value = float(target.population_ess(self.problem.rule))
+        self.history.population_ess.append(
+            {"step": step, "multipliers": list(key), "value": value}
+        )
+        if value < self.ess_warning:
+            if not self._ess_low:
+                msg = (
+                    f"PrimalDualTrainer: the population effective sample size of the "
+                    f"reweighting w_lam under p0 is {value:.3g} < ess_warning="
+                    f"{self.ess_warning} at multipliers {list(key)} (step {step}). Reweighted "
+                    "denoising score matching cannot learn targets that move mass off p0's "
+                    "support: expect a biased model and unreliable multipliers. Use "
+                    "primal='composed' or 'sampler', or less demanding constraint levels."
+                )
+                warnings.warn(msg, LowEffectiveSampleSizeWarning, stacklevel=_user_stacklevel())
+                self.history.warnings.append(msg)
+            self._ess_low = True
+        else:
+            self._ess_low = False
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, steps: int, progress: bool = True) -> TrainingHistory:
+        """Run ``steps`` primal-dual steps (fewer if a callback returns ``True``).
+
+        Parameters
+        ----------
+        steps
+            Number of steps.
+        progress
+            Show a tqdm progress bar with the loss and the multipliers.
+
+        Returns
+        -------
+        TrainingHistory
+            :attr:`history` (cumulative over calls).
+        """
+        steps = _int(steps, "steps", 0)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="primal-dual", disable=not progress, leave=False)
+        try:
+            for _ in range(steps):
+                record = self.step()
+                if progress:
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=record.loss if record.loss is not None else float("nan"),
+                        lam=[round(v, 4) for v in record.multipliers],
+                        refresh=False,
+                    )
+                stop = False
+                for cb in self.callbacks:
+                    if cb(self, record) is True:
+                        stop = True
+                if stop:
+                    break
+        finally:
+            bar.close()
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, path: str | PathLike[str]) -> None:
+        """Save everything needed to resume bit-for-bit (:func:`~.save_checkpoint`)."""
+        from .checkpoint import save_checkpoint
+
+        save_checkpoint(self, path)
+
+    def load_checkpoint(self, path: str | PathLike[str]) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` into this trainer."""
+        from .checkpoint import load_checkpoint
+
+        load_checkpoint(self, path)
