@@ -300,19 +300,50 @@ def _maximize_nd(
             d[idx] = g[idx]
         if float(d @ pg) <= 0:  # not an ascent direction: fall back to the gradient
             d = pg
-        step, accepted = 1.0, None
+        decrement = float(d @ pg)  # Newton decrement: predicted ascent is half of it
+        noise = 1e-12 * (1.0 + abs(cur.value))
+        if decrement <= noise:
+            # The value no longer resolves progress: take full Newton steps while they shrink
+            # the projected gradient (the constraint violations), then stop.
+            trial = torch.clamp(lam + d, min=0.0)
+            ev = f(trial) if (in_domain is None or in_domain(trial)) else None
+            if ev is not None:
+                pg_new = torch.where((trial > 0) | (ev.grad > 0), ev.grad, 0.0)
+                if float(pg_new.abs().max()) < 0.5 * float(pg.abs().max()):
+                    lam, cur = trial, ev
+                    hist.append((lam.tolist(), cur.value))
+                    continue
+            return (
+                lam, "optimal", it - 1, f.n, hist,
+                "Newton decrement at rounding level: the dual value cannot increase further",
+            )
+        pg_norm = float(pg.abs().max())
+        step, accepted, domain_rejected = 1.0, None, False
         for _ in range(60):
             trial = torch.clamp(lam + step * d, min=0.0)
             if in_domain is None or in_domain(trial):
                 ev = f(trial)
-                if ev is not None and ev.value >= cur.value + 1e-4 * float(g @ (trial - lam)):
-                    accepted = (trial, ev)
-                    break
+                if ev is not None:
+                    sufficient = ev.value >= cur.value + 1e-4 * float(g @ (trial - lam))
+                    # within rounding of the current value, accept if the gradient shrinks
+                    flat = abs(ev.value - cur.value) <= noise and float(
+                        torch.where((trial > 0) | (ev.grad > 0), ev.grad, 0.0).abs().max()
+                    ) < pg_norm
+                    if sufficient or flat:
+                        accepted = (trial, ev)
+                        break
+            elif step == 1.0:
+                domain_rejected = True
             step *= 0.5
         if accepted is None:
+            if domain_rejected:
+                return (
+                    lam, "boundary", it, f.n, hist,
+                    "no ascent step stays inside the dual domain: the maximum is on its boundary",
+                )
             return (
-                lam, "boundary", it, f.n, hist,
-                "no ascent step stays inside the dual domain: the maximum is on its boundary",
+                lam, "max_iter", it, f.n, hist,
+                "line search failed without leaving the domain (numerical noise in the dual)",
             )
         moved = float((accepted[0] - lam).abs().max())
         lam, cur = accepted
@@ -323,5 +354,7 @@ def _maximize_nd(
             pg = torch.where((lam > 0) | (cur.grad > 0), cur.grad, torch.zeros_like(cur.grad))
             if float(pg.abs().max()) <= max(gtol, 1e-7):
                 return lam, "optimal", it, f.n, hist, "step and projected gradient vanish"
-            return lam, "boundary", it, f.n, hist, "iterates stalled on the domain boundary"
+            if domain_rejected:
+                return lam, "boundary", it, f.n, hist, "iterates stalled on the domain boundary"
+            return lam, "max_iter", it, f.n, hist, "iterates stalled inside the domain"
     return lam, "max_iter", max_iter, f.n, hist, "iteration limit reached"

@@ -235,8 +235,8 @@ class ForwardKLProblem(KLConstrainedProblem):
         worst = float(torch.logsumexp(lr, 0).max())
         if worst > 1e-12:
             return False, (
-                f"p0 - sum lam_i q_i < 0 somewhere (max of sum lam_i q_i/p0 = "
-                f"{math.exp(worst):.6g} > 1)"
+                "p0 - sum lam_i q_i < 0 somewhere (max of log(sum lam_i q_i/p0) = "
+                f"{worst:.6g} > 0)"
             )
         return True, ""
 
@@ -276,6 +276,12 @@ class ForwardKLProblem(KLConstrainedProblem):
             self._atoms = Atoms.from_mixtures([self.pretrained, *self.unlearn])
         return self._atoms
 
+    def _q_mass(self) -> torch.Tensor:
+        r""":math:`\int q_i` on the rule, ``(m,)`` (1 up to quadrature / sampling error)."""
+        if not hasattr(self, "_mass_q"):
+            self._mass_q = self.rule.integral(torch.exp(self.tables["log_q"]))[0]
+        return self._mass_q
+
     def _log_w(self, lam: torch.Tensor) -> torch.Tensor:
         r""":math:`\log(p_0 - \sum_i \lambda_i q_i)` on the rule (raises outside the domain)."""
         log_w = signed_log_sum(self.tables["log_atoms"], self.atoms.signed_coeffs(lam))
@@ -295,6 +301,9 @@ class ForwardKLProblem(KLConstrainedProblem):
         )
         log_p = log_w - math.log(one_m)
         kl, kl_e = rule.integral(_xlogy_terms(t["log_q"], log_p.expand_as(t["log_q"])))
+        # Exact derivative of the value as computed on the rule: on a Monte Carlo rule the
+        # q_i integrate to 1 only up to sampling error, adding (mass_i - 1)(1 + log(1 - Lam)).
+        mass_q = self._q_mass()
         qq = torch.exp(t["log_q"][:, None, :] + t["log_q"][None, :, :] - log_w)
         qq = torch.where(torch.isfinite(qq), qq, torch.zeros_like(qq))
         m = self.m
@@ -302,7 +311,7 @@ class ForwardKLProblem(KLConstrainedProblem):
         hess = -(iq.reshape(m, m) - 1.0 / one_m)
         return DualEval(
             value=value,
-            grad=self.bounds - kl,
+            grad=self.bounds - kl + (mass_q - 1.0) * (1.0 + math.log(one_m)),
             hess=hess,
             value_err=float(neg_h0_e + lam @ neg_hq_e + wlogw_e),
             grad_err=kl_e,
