@@ -81,6 +81,10 @@ def _problem_targets() -> dict[str, Any]:
         "lu_geometric_density": LikelihoodConstrainedProblem(
             p0, [q], bounds=[0.5 * e_den], likelihood="density"
         ).solve_dual(),
+        # A user likelihood callable (here log q again, so the target equals the "log" one).
+        "lu_geometric_callable": LikelihoodConstrainedProblem(
+            p0, [q], bounds=[e_log - 1.0], likelihood=lambda x, i: q.log_prob(x)
+        ).solve_dual(),
     }
     for name, sol in sols.items():
         # Guard the table itself: every target must be a genuine (active) reweighting.
@@ -125,14 +129,25 @@ class Impl:
     devices: tuple[str, ...]
     log_prob: bool
     noised_log_prob: bool
+    #: Tests known to fail for this row (marked strict xfail, so a fix turns them red->green
+    #: and then the entry must be removed).
+    known_failures: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return self.name
 
 
-def _target_row(name: str, noised: bool) -> Impl:
+def _target_row(name: str, noised: bool, known_failures: tuple[str, ...] = ()) -> Impl:
     # Problems compute in float64 on the CPU, so their targets are float64/CPU models.
-    return Impl(name, lambda dt, dev: _problem_targets()[name], (F64,), ("cpu",), True, noised)
+    return Impl(
+        name,
+        lambda dt, dev: _problem_targets()[name],
+        (F64,),
+        ("cpu",),
+        True,
+        noised,
+        known_failures,
+    )
 
 
 IMPLEMENTATIONS: list[Any] = [
@@ -140,6 +155,11 @@ IMPLEMENTATIONS: list[Any] = [
     _target_row("ru_geometric", noised=False),  # composed score at t > 0: no noised log_prob
     _target_row("lu_geometric_log", noised=False),
     _target_row("lu_geometric_density", noised=False),
+    # Potential.grad (potentials.py) detaches x and does not create a graph, so d score / dx
+    # misses the callable's Hessian term: the finite-difference check fails.
+    _target_row(
+        "lu_geometric_callable", noised=False, known_failures=("test_gradients_flow_to_x",)
+    ),
     _target_row("fu_signed_mixture", noised=True),  # exact at every t
     # ExactNoisedTarget computes in float64 and returns the input's dtype.
     Impl(
@@ -184,7 +204,10 @@ def _model(impl: Impl, dtype: torch.dtype = F64, device: str = "cpu") -> Any:
 
 @pytest.fixture(params=IMPLEMENTATIONS, ids=str)
 def impl(request) -> Impl:
-    return request.param
+    row = request.param
+    if request.node.originalname in row.known_failures:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"known bug in {row.name}"))
+    return row
 
 
 # ---------------------------------------------------------------------- the contract
@@ -311,6 +334,7 @@ def test_table_covers_every_target_kind():
         "ru_geometric",
         "lu_geometric_log",
         "lu_geometric_density",
+        "lu_geometric_callable",
         "fu_signed_mixture",
         "exact_noised_ru",
         "module_mlp",
