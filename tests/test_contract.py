@@ -155,11 +155,7 @@ IMPLEMENTATIONS: list[Any] = [
     _target_row("ru_geometric", noised=False),  # composed score at t > 0: no noised log_prob
     _target_row("lu_geometric_log", noised=False),
     _target_row("lu_geometric_density", noised=False),
-    # Potential.grad (potentials.py) detaches x and does not create a graph, so d score / dx
-    # misses the callable's Hessian term: the finite-difference check fails.
-    _target_row(
-        "lu_geometric_callable", noised=False, known_failures=("test_gradients_flow_to_x",)
-    ),
+    _target_row("lu_geometric_callable", noised=False),
     _target_row("fu_signed_mixture", noised=True),  # exact at every t
     # ExactNoisedTarget computes in float64 and returns the input's dtype.
     Impl(

@@ -35,10 +35,11 @@ class Potential:
 
     def grad(self, x: torch.Tensor, t: torch.Tensor | float = 0.0) -> torch.Tensor:
         """Gradient in ``x`` (composed with the noised distribution at ``t > 0``)."""
-        x_ = x.detach().requires_grad_(True)
+        keep = x.requires_grad
+        x_ = x if keep else x.detach().requires_grad_(True)
         with torch.enable_grad():
             v = self.value(x_).sum()
-            (g,) = torch.autograd.grad(v, x_)
+            (g,) = torch.autograd.grad(v, x_, create_graph=keep)
         return g
 
 

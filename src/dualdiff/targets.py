@@ -61,7 +61,7 @@ class Target:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised log-density of the target at ``x`` ``(..., d)``; returns ``(...)``."""
-        return self.p0.log_prob(x) + self.log_weight(x)
+        return (self.p0.log_prob(x) + self.log_weight(x)).to(x.dtype)
 
     def score(
         self, x: torch.Tensor, t: torch.Tensor | float = 0.0, cond: Any = None
@@ -205,7 +205,7 @@ class GeometricTarget(Target):
 
     def log_weight(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         lp0 = self.p0.log_prob(x)
-        return self.log_unnormalized(x, lp0) - lp0 - self.log_normalizer
+        return (self.log_unnormalized(x, lp0) - lp0 - self.log_normalizer).to(x.dtype)
 
     def score(  # noqa: D102
         self, x: torch.Tensor, t: torch.Tensor | float = 0.0, cond: Any = None
@@ -214,7 +214,7 @@ class GeometricTarget(Target):
         for c, pot in zip(self.coefficients, self.potentials, strict=True):
             if float(c) != 0.0:
                 s = s - c.to(s.dtype) * pot.grad(x, t)
-        return s
+        return s.to(x.dtype)
 
 
 class SignedMixtureTarget(Target):

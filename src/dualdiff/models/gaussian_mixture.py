@@ -63,10 +63,12 @@ class GaussianMixture:
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"{owner}: parameter 'dtype' must be a floating dtype, got {dtype}")
         w = as_tensor(weights, "weights", owner, dtype=dtype, device=device)
-        dtype = dtype or w.dtype
-        device = w.device
         mu = as_tensor(means, "means", owner, dtype=dtype, device=device)
         cov = as_tensor(covariances, "covariances", owner, dtype=dtype, device=device)
+        if dtype is None:  # promote across the three parameters (float64 for plain lists)
+            dtype = torch.promote_types(torch.promote_types(w.dtype, mu.dtype), cov.dtype)
+        device = w.device
+        w, mu, cov = (v.to(dtype=dtype, device=device) for v in (w, mu, cov))
         if w.ndim != 1 or w.numel() == 0:
             raise ValueError(
                 f"{owner}: parameter 'weights' must have shape (K,) with K >= 1, "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +29,7 @@ def _as_mixture(obj: Any, name: str, owner: str) -> GaussianMixture:
     return obj.to(_DTYPE)
 
 
-class UnlearningProblem(ABC):
+class UnlearningProblem:
     """Base class of :class:`KLConstrainedProblem` and :class:`LikelihoodConstrainedProblem`.
 
     Subclasses provide the dual oracle on the integration rule, the closed-form target, the
@@ -89,7 +88,7 @@ class UnlearningProblem(ABC):
         """Event dimension ``d``."""
         return self.pretrained.dim
 
-    def _validate_bounds(self) -> None:  # noqa: B027 - optional hook
+    def _validate_bounds(self) -> None:
         """Hook for subclasses (e.g. KL levels must be non-negative)."""
 
     @property
@@ -140,13 +139,13 @@ class UnlearningProblem(ABC):
         return t
 
     @property
-    @abstractmethod
     def domain_description(self) -> str:
         """Human-readable description of the dual domain."""
+        raise NotImplementedError
 
-    @abstractmethod
     def _in_domain(self, lam: torch.Tensor) -> tuple[bool, str]:
         """Membership of ``lam >= 0`` in the rest of the domain, with a reason if not."""
+        raise NotImplementedError
 
     def in_domain(self, lam: Any) -> bool:
         """Whether ``lam`` (shape ``(m,)``) lies in the dual domain."""
@@ -164,9 +163,9 @@ class UnlearningProblem(ABC):
         return {"description": self.domain_description}
 
     # ----------------------------------------------------------------- dual
-    @abstractmethod
     def _oracle(self, lam: torch.Tensor) -> DualEval:
         """Dual value, Danskin gradient, Hessian and error bars at a validated ``lam``."""
+        raise NotImplementedError
 
     def dual(self, lam: Any) -> float:
         r"""Dual function :math:`g(\lambda)` (float64); ``lam`` has shape ``(m,)``."""
@@ -180,24 +179,24 @@ class UnlearningProblem(ABC):
         """Hessian of the dual (minus a covariance under the target), ``(m, m)``."""
         return self._oracle(self._check_multipliers(lam, "dual_hessian")).hess
 
-    @abstractmethod
     def _target(self, lam: torch.Tensor) -> Target:
         """Closed-form target at a validated ``lam``."""
+        raise NotImplementedError
 
     def target(self, lam: Any) -> Target:
         r"""Closed-form optimal distribution :math:`p_\lambda` for multipliers ``lam`` ``(m,)``."""
         return self._target(self._check_multipliers(lam, "target"))
 
     # ----------------------------------------------------------------- primal side
-    @abstractmethod
     def _objective_and_constraints(
         self, log_p: torch.Tensor
     ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
         """From a candidate's log-density on the rule: ``(f, f_err, C (m,), C_err (m,))``."""
+        raise NotImplementedError
 
-    @abstractmethod
     def _slack(self, c: torch.Tensor) -> torch.Tensor:
         """Slack (non-negative when satisfied) from constraint values ``(m,)``."""
+        raise NotImplementedError
 
     def _candidate_log_prob(self, candidate: Any) -> torch.Tensor:
         if not hasattr(candidate, "log_prob"):
@@ -238,11 +237,68 @@ class UnlearningProblem(ABC):
         lam_t = self._check_multipliers(lam, "certificate")
         lp = self._candidate_log_prob(candidate)
         f, fe, c, ce = self._objective_and_constraints(lp)
+        mass, _ = self.rule.integral(torch.exp(lp))
+        return self._certify(lam_t, f, fe, c, ce, self.rule.method, status, float(mass))
+
+    def certificate_from_estimates(
+        self,
+        lam: Any,
+        objective: float,
+        constraint_values: Any,
+        *,
+        objective_error: float = 0.0,
+        constraint_errors: Any = None,
+        method: str = "estimate",
+        status: str | None = None,
+    ) -> Certificate:
+        r"""Certificate of a model known only through estimates of :math:`f(p)` and :math:`C(p)`.
+
+        For black-box models (e.g. a diffusion network whose values come from probability-flow
+        ODE likelihoods) this pairs the estimates with the exact dual value :math:`g(\lambda)`;
+        error bars are the estimates' standard errors combined with the dual's.
+
+        Parameters
+        ----------
+        lam
+            Multipliers ``(m,)`` in the dual domain.
+        objective, objective_error
+            Estimated :math:`f(p)` and its standard error.
+        constraint_values, constraint_errors
+            Estimated :math:`C_i(p)` ``(m,)`` and their standard errors ``(m,)``.
+        method
+            Label of the estimation method (reported in the certificate).
+        """
+        lam_t = self._check_multipliers(lam, "certificate_from_estimates")
+        c = torch.as_tensor(constraint_values, dtype=_DTYPE).reshape(-1)
+        if c.numel() != self.m:
+            raise ValueError(
+                f"{self._owner}.certificate_from_estimates: parameter 'constraint_values' must "
+                f"have m={self.m} entries, got {c.tolist()}"
+            )
+        ce = (
+            torch.zeros_like(c)
+            if constraint_errors is None
+            else torch.as_tensor(constraint_errors, dtype=_DTYPE).reshape(-1)
+        )
+        return self._certify(
+            lam_t, float(objective), float(objective_error), c, ce, method, status, math.nan
+        )
+
+    def _certify(
+        self,
+        lam_t: torch.Tensor,
+        f: float,
+        fe: float,
+        c: torch.Tensor,
+        ce: torch.Tensor,
+        method: str,
+        status: str | None,
+        mass: float,
+    ) -> Certificate:
         ev = self._oracle(lam_t)
         slack = self._slack(c)
         tol = 3 * ce + 1e-9
         feasible = bool((slack >= -tol).all())
-        mass, _ = self.rule.integral(torch.exp(lp))
         return Certificate(
             primal_value=f,
             dual_value=ev.value,
@@ -252,13 +308,13 @@ class UnlearningProblem(ABC):
             feasible=feasible,
             status=status or ("feasible" if feasible else "infeasible"),
             multipliers=lam_t,
-            method=self.rule.method,
+            method=method,
             primal_error=fe,
             dual_error=ev.value_err,
             gap_error=math.hypot(fe, ev.value_err),
             constraint_errors=ce,
             complementary_slackness=lam_t * slack,
-            normalisation=float(mass),
+            normalisation=mass,
         )
 
     # ----------------------------------------------------------------- solve
