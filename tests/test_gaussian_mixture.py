@@ -15,7 +15,8 @@ COV = [[[1.0, 0.3], [0.3, 0.5]], [[0.7, 0.0], [0.0, 2.0]], [[0.4, -0.1], [-0.1, 
 
 
 def scipy_logpdf(x: np.ndarray) -> np.ndarray:
-    dens = sum(w * stats.multivariate_normal(m, c).pdf(x) for w, m, c in zip(W, MU, COV))
+    comps = zip(W, MU, COV, strict=True)
+    dens = sum(w * stats.multivariate_normal(m, c).pdf(x) for w, m, c in comps)
     return np.log(dens)
 
 
@@ -58,7 +59,7 @@ def test_noised_matches_convolution_in_1d(t):
         )
         from scipy.integrate import quad
 
-        def integrand(x0):
+        def integrand(x0, xv=xv):
             return math.exp(float(p.log_prob(torch.tensor([[x0]], dtype=torch.float64)))) * (
                 stats.norm(a * x0, s).pdf(xv)
             )
@@ -127,10 +128,22 @@ def test_component_and_dict_roundtrip(gm):
 @pytest.mark.parametrize(
     ("kwargs", "err", "match"),
     [
-        (dict(weights=[-0.1, 1.1], means=[[0.0], [1.0]], covariances=1.0), ValueError, "non-negative"),
-        (dict(weights=[0.0, 0.0], means=[[0.0], [1.0]], covariances=1.0), ValueError, "positive sum"),
+        (
+            dict(weights=[-0.1, 1.1], means=[[0.0], [1.0]], covariances=1.0),
+            ValueError,
+            "non-negative",
+        ),
+        (
+            dict(weights=[0.0, 0.0], means=[[0.0], [1.0]], covariances=1.0),
+            ValueError,
+            "positive sum",
+        ),
         (dict(weights=[0.5, 0.5], means=[[0.0]], covariances=1.0), ValueError, r"shape \(K, d\)"),
-        (dict(weights=[1.0], means=[[0.0, 0.0]], covariances=[[[1.0, 2.0], [2.0, 1.0]]]), ValueError, "positive definite"),
+        (
+            dict(weights=[1.0], means=[[0.0, 0.0]], covariances=[[[1.0, 2.0], [2.0, 1.0]]]),
+            ValueError,
+            "positive definite",
+        ),
         (dict(weights=[1.0], means=[[0.0]], covariances=-1.0), ValueError, "must be > 0"),
         (dict(weights=[1.0], means=[[float("nan")]], covariances=1.0), NonFiniteError, "means"),
         (dict(weights=[1.0], means=[[0.0]], covariances=[[1.0, 2.0]]), ValueError, "covariances"),

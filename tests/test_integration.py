@@ -21,7 +21,9 @@ def test_grid_quadrature_1d_matches_scipy_quad():
     assert float(err) < 1e-8
     # negative entropy, a KL-like quantity
     ref_h = integrate.quad(
-        lambda x: (lambda v: math.exp(v) * v)(float(p.log_prob(torch.tensor([[x]], dtype=torch.float64)))),
+        lambda x: (lambda v: math.exp(v) * v)(
+            float(p.log_prob(torch.tensor([[x]], dtype=torch.float64)))
+        ),
         -20,
         20,
         limit=500,
@@ -57,7 +59,8 @@ def test_grid_error_bar_detects_too_coarse_grid():
 
 
 def test_monte_carlo_within_standard_errors():
-    p = GaussianMixture([0.5, 0.5], torch.zeros(2, 8, dtype=torch.float64) + torch.tensor([[0.0], [1.0]], dtype=torch.float64), 0.7)
+    means = torch.tensor([[0.0], [1.0]], dtype=torch.float64).expand(2, 8)
+    p = GaussianMixture([0.5, 0.5], means, 0.7)
     q = p.component(0)
     rule = MonteCarlo(n=20_000, seed=1).prepare([p, q])
     lp, lq = p.log_prob(rule.points), q.log_prob(rule.points)
@@ -70,9 +73,10 @@ def test_monte_carlo_within_standard_errors():
     # the diagonal direction only): by symmetry KL = E_q[log q - log p] computed with scipy.
     d = math.sqrt(8.0)  # distance between means
     s = math.sqrt(0.7)
-    f = lambda z: stats.norm(0, s).pdf(z) * (  # noqa: E731
-        math.log(stats.norm(0, s).pdf(z)) - math.log(0.5 * stats.norm(0, s).pdf(z) + 0.5 * stats.norm(d, s).pdf(z))
-    )
+    def f(z):
+        a, b = stats.norm(0, s).pdf(z), stats.norm(d, s).pdf(z)
+        return a * (math.log(a) - math.log(0.5 * a + 0.5 * b))
+
     ref = integrate.quad(f, -15, 15, limit=300)[0]
     assert abs(float(kl) - ref) < 4 * float(kl_err)
 
