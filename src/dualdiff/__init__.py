@@ -8,6 +8,16 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._errors import DualdiffError, DualDomainError, IllPosedProblemError, NonFiniteError
 from .duality import Certificate, DualSolution
+from .engine import (
+    ConstraintEstimate,
+    ConstraintEstimator,
+    EngineConfigurationError,
+    LowEffectiveSampleSizeWarning,
+    PrimalDualTrainer,
+    TrainableGaussianMixture,
+    TrainingHistory,
+    UnknownOptionError,
+)
 from .estimators import Estimate, elbo, kl_estimate, ode_log_likelihood, path_kl
 from .integration import GridQuadrature, MonteCarlo
 from .losses import denoising_score_matching_loss
@@ -20,6 +30,7 @@ from .models import (
     ScoreModel,
     VPSchedule,
 )
+from .noised import ExactNoisedTarget, ScoreErrorProfile, composed_score_error
 from .potentials import CallableLikelihood, DensityLikelihood, LogLikelihood
 from .problems import (
     ForwardKLProblem,
@@ -39,12 +50,16 @@ except PackageNotFoundError:  # pragma: no cover - source tree without installat
 __all__ = [
     "CallableLikelihood",
     "Certificate",
+    "ConstraintEstimate",
+    "ConstraintEstimator",
     "Density",
     "DensityLikelihood",
     "DualDomainError",
     "DualSolution",
     "DualdiffError",
+    "EngineConfigurationError",
     "Estimate",
+    "ExactNoisedTarget",
     "ForwardKLProblem",
     "GaussianMixture",
     "GeometricTarget",
@@ -53,19 +68,26 @@ __all__ = [
     "KLConstrainedProblem",
     "LikelihoodConstrainedProblem",
     "LogLikelihood",
+    "LowEffectiveSampleSizeWarning",
     "MLPScoreNet",
     "ModuleScoreModel",
     "MonteCarlo",
     "NoiseSchedule",
     "NonFiniteError",
+    "PrimalDualTrainer",
     "ReverseKLProblem",
     "SamplerOutput",
+    "ScoreErrorProfile",
     "ScoreModel",
     "SignedMixtureTarget",
     "Target",
+    "TrainableGaussianMixture",
+    "TrainingHistory",
+    "UnknownOptionError",
     "UnlearningProblem",
     "VPSchedule",
     "__version__",
+    "composed_score_error",
     "denoising_score_matching_loss",
     "elbo",
     "kl_estimate",
