@@ -62,6 +62,7 @@ __all__ = [
     "gaussian_reference",
     "mixture_log_pdf",
     "mixture_score",
+    "pretrained_value",
     "retrain_reference",
     "standard_suite",
 ]
@@ -1068,6 +1069,25 @@ def standard_suite() -> list[SuiteCase]:
                     )
                 cases.append(SuiteCase(f"{kind}-{d}d-m{m}", problem, 1e-6))
     return cases
+
+
+def pretrained_value(kind: str, p0: GaussianMixture, q: GaussianMixture) -> float:
+    r"""The constraint functional at the pretrained model, by numpy quadrature.
+
+    RU: :math:`\mathrm{KL}(p_0\|q)`; FU: :math:`\mathrm{KL}(q\|p_0)`; LU:
+    :math:`E_{p_0}[\log q]`. Levels that bind are on the far side of this value
+    (RU/FU: :math:`b > ` value; LU: :math:`\tau <` value).
+
+    Computed by the trapezoid rule on a fixed fine grid (``[-30, 30]`` with 6001 points in
+    1-D, ``[-14, 14]^2`` with 281 points per axis in 2-D), so the mixtures must lie well
+    inside that box (``d <= 2``).
+    """
+    if kind not in ("RU", "FU", "LU"):
+        raise ValueError(f"pretrained_value: 'kind' must be 'RU', 'FU' or 'LU', got {kind!r}")
+    if p0.dim > 2:
+        raise ValueError(f"pretrained_value: needs d <= 2, got d={p0.dim}")
+    x, log_h = _reference_grid(p0.dim)
+    return _value_at_p0(kind, mixture_log_pdf(p0, x), mixture_log_pdf(q, x), log_h)
 
 
 def _reference_grid(d: int) -> tuple[np.ndarray, float]:
