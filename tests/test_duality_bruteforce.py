@@ -109,8 +109,7 @@ def test_weak_duality_on_the_grid(name: str) -> None:
     for scale in rng.uniform(0.0, 1.0, size=6):
         lam = scale * lam_star
         assert discrete_dual(dp, lam) <= bf.value + 1e-12
-    # a feasible but suboptimal point: p0 pushed away from the q's is not needed; p_bf itself
-    # and the dual at lam* bracket the optimum from both sides
+    # the dual at lam* and the brute-force primal bracket the optimum from both sides
     assert discrete_dual(dp, lam_star) <= bf.value + PRIMAL_DUAL_TOL
 
 

@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.integrate
 import scipy.stats
 import torch
 
@@ -181,6 +182,51 @@ def test_single_gaussian_reference_matches_solve_dual(
         assert ref.problem.dual([lam]) == pytest.approx(ref.dual(lam), abs=1e-9)
         grad = float(ref.problem.dual_gradient([lam])[0])
         assert grad == pytest.approx(ref.dual_gradient(lam), abs=1e-8)
+
+
+def _quad(f, lo: float = -60.0, hi: float = 60.0) -> float:
+    return float(scipy.integrate.quad(f, lo, hi, epsabs=1e-13, epsrel=1e-12, limit=200)[0])
+
+
+def _check_reference_at(ref, lam: float) -> None:
+    norm = scipy.stats.norm
+    a, c = (1 / (1 - lam), lam / (1 - lam)) if ref.kind == "RU" else (1.0, lam)
+
+    def log_u(x: float) -> float:
+        return a * norm.logpdf(x, 0.0, ref.s0) - c * norm.logpdf(x, ref.mu, ref.s)
+
+    log_z = math.log(_quad(lambda x: math.exp(log_u(x))))
+    assert ref.log_normalizer(lam) == pytest.approx(log_z, abs=1e-9)
+    m, v = ref.target_params(lam)
+    for x in (-1.0, 0.3, 2.0):  # the normalised tilt is N(m, v)
+        assert log_u(x) - log_z == pytest.approx(norm.logpdf(x, m, math.sqrt(v)), abs=1e-9)
+
+    def p_log_ratio(log_other) -> float:
+        return _quad(lambda x: norm.pdf(x, m, math.sqrt(v)) * log_other(x))
+
+    kl_p0 = -p_log_ratio(lambda x: norm.logpdf(x, 0.0, ref.s0)) - 0.5 * math.log(
+        2 * math.pi * math.e * v
+    )
+    assert ref.objective(lam) == pytest.approx(kl_p0, abs=1e-9)
+    e_logq = p_log_ratio(lambda x: norm.logpdf(x, ref.mu, ref.s))
+    if ref.kind == "RU":  # KL(p || q) = -H(p) - E_p[log q]
+        expected = -0.5 * math.log(2 * math.pi * math.e * v) - e_logq
+    else:
+        expected = e_logq
+    assert ref.constraint(lam) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["RU", "LU"])
+def test_reference_closed_forms_against_quadrature(kind: str) -> None:
+    """The references themselves (no library code): log Z, KL and E[log q] by scipy quad."""
+    ref = gaussian_reference(kind, s0=1.2, mu=1.5, s=1.0)
+    for frac in (0.2, 0.6):
+        _check_reference_at(ref, frac * ref.upper)
+    # the reported optimum solves the first-order condition of the closed-form dual
+    lam_star, h = ref.multiplier, 1e-6
+    assert (ref.dual(lam_star + h) - ref.dual(lam_star - h)) / (2 * h) == pytest.approx(
+        0.0, abs=1e-7
+    )
 
 
 @pytest.mark.xfail(
