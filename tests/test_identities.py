@@ -123,12 +123,6 @@ def test_fu_retrain_reference_dual_solution(a: float) -> None:
     assert abs(float(cert.slack[0])) <= 1e-8  # KL(q || q_r) = b exactly: active, attained
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="duality._maximize_1d reports 'boundary' ('the primal optimum is not attained') when "
-    "the dual gradient vanishes exactly at a closed bound lam_max; here the optimum is attained "
-    "(by q_r). Reported to the lead.",
-)
 def test_fu_retrain_reference_status_is_optimal() -> None:
     sol = retrain_reference(0.3).problem.solve_dual()
     assert sol.status == "optimal", sol.message
@@ -229,12 +223,6 @@ def test_reference_closed_forms_against_quadrature(kind: str) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GridQuadrature's box is fixed by p0 and q (10 sd); the LU tilt p0/q^lam here is "
-    "N(0, 7) (lam* = 6/7), whose tails leave the box: lam and D* are off by ~3e-4 / 1.6e-4 "
-    "while the reported dual_error is 2.3e-5. Reported to the lead.",
-)
 def test_wide_lu_tilt_matches_closed_form() -> None:
     ref = gaussian_reference("LU", s0=1.0, mu=0.0, s=1.0, delta=3.0)
     assert ref.multiplier == pytest.approx(6.0 / 7.0, abs=1e-12)  # the reference itself

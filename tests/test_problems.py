@@ -1,7 +1,8 @@
 """Unit tests of the problems: Monte Carlo vs grid, statuses, inactive constraints, iterations.
 
-Also strict-xfail regressions for solver / integration bugs found by the property and
-reference tests (reported to the lead); each turns into a failure (XPASS) once fixed.
+Also regressions for solver / integration bugs found by the property and reference tests
+(a multiplier pinned by the FU domain, the status at lam_max, grids too narrow for wide
+tilts).
 """
 
 from __future__ import annotations
@@ -165,12 +166,6 @@ def test_gaussian_references_need_a_handful_of_iterations(kind: str, delta: floa
 
 
 # ----------------------------------------------------------------------------- regressions
-@pytest.mark.xfail(
-    strict=True,
-    reason="duality._maximize_nd: a multiplier pinned at 0 by the FU domain (lam_max_2 = 0: q_2 "
-    "has heavier tails than p0) blocks every projected-Newton step, so the solver stops at "
-    "lam = (0, 0) instead of maximising over the face lam_2 = 0 (lam_1* = 0.2069). Reported.",
-)
 def test_fu_solver_with_a_multiplier_pinned_by_the_domain() -> None:
     p0 = GaussianMixture([0.5, 0.5], [[-2.0], [2.0]], 0.5)
     q1, q2 = p0.component(1), GaussianMixture([1.0], [[0.0]], 2.0)
@@ -184,13 +179,6 @@ def test_fu_solver_with_a_multiplier_pinned_by_the_domain() -> None:
     assert float(sol.multipliers[0]) == pytest.approx(float(one.multipliers[0]), abs=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="duality._maximize_nd reports 'optimal' ('Newton decrement at rounding level') at "
-    "lam = 0 with a positive dual gradient on a free coordinate (lam_max_2 = 0.41) and an "
-    "infeasible certificate, when other multipliers are pinned at 0 (lam_max = 0). Found by "
-    "hypothesis; reported.",
-)
 def test_fu_solver_never_calls_an_infeasible_point_optimal() -> None:
     p0 = GaussianMixture(
         [0.3509, 0.2410, 0.4081], [[2.2341], [1.9263], [0.0]], [[0.5750], [0.4729], [1 / 3]]
@@ -210,13 +198,6 @@ def test_fu_solver_never_calls_an_infeasible_point_optimal() -> None:
     assert float(sol.multipliers[1]) > 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GridQuadrature's box is fixed by p0 and the q_i (10 sd): the LU target "
-    "p0 * q^(-lam) with p0 = q = N(0, 1) at lam* = 6/7 is N(0, 7), whose tails leave the box, "
-    "so the target is normalised wrongly (mass 1 + 1.6e-4 on the real line) and the reported "
-    "dual_error (2.3e-5) understates the error. Reported.",
-)
 def test_grid_box_covers_heavy_tilted_targets() -> None:
     ref = gaussian_reference("LU", s0=1.0, mu=0.0, s=1.0, delta=3.0)
     sol = ref.problem.solve_dual()

@@ -166,7 +166,7 @@ def maximize_dual(
     oracle: Callable[[torch.Tensor], DualEval],
     m: int,
     *,
-    upper: float = math.inf,
+    upper: float | torch.Tensor = math.inf,
     upper_closed: bool = False,
     in_domain: Callable[[torch.Tensor], bool] | None = None,
     gtol: float = 1e-10,
@@ -174,7 +174,7 @@ def maximize_dual(
     max_iter: int = 100,
     infeasible_at: float = 1e8,
 ) -> tuple[torch.Tensor, str, int, int, list[tuple[list[float], float]], str]:
-    """Maximise a concave dual over ``lam >= 0`` intersected with a domain.
+    """Maximise a concave dual over ``0 <= lam <= upper`` intersected with a domain.
 
     Parameters
     ----------
@@ -184,9 +184,12 @@ def maximize_dual(
     m
         Number of multipliers.
     upper, upper_closed
-        One constraint: the domain is ``[0, upper]`` (closed) or ``[0, upper)``.
+        Per-coordinate bounds (a float, or a tensor ``(m,)``; ``inf`` for none): the box is
+        ``[0, upper]`` (closed) or ``[0, upper)``. A coordinate pinned at its bound with an
+        ascending gradient makes the status ``"boundary"``.
     in_domain
-        Several constraints: membership test of the convex domain (beyond ``lam >= 0``).
+        Several constraints: membership test of the rest of the convex domain (coupled
+        conditions such as ``sum(lam) < 1``).
     gtol, xtol
         Tolerance on the projected gradient and on the step / bracket width.
     max_iter
@@ -199,9 +202,12 @@ def maximize_dual(
     (lam, status, iterations, n_evaluations, history, message)
     """
     f = _Counter(oracle)
+    up = torch.as_tensor(upper, dtype=torch.float64).reshape(-1).expand(m).clone()
     if m == 1:
-        return (*_maximize_1d(f, upper, upper_closed, gtol, xtol, max_iter, infeasible_at), )
-    return (*_maximize_nd(f, m, in_domain, gtol, xtol, max_iter, infeasible_at), )
+        return (*_maximize_1d(f, float(up[0]), upper_closed, gtol, xtol, max_iter, infeasible_at),)
+    if not upper_closed:  # stay strictly inside open bounds
+        up = torch.where(torch.isfinite(up), up * (1 - 1e-10), up)
+    return (*_maximize_nd(f, m, up, in_domain, gtol, xtol, max_iter, infeasible_at),)
 
 
 def _maximize_1d(
@@ -225,10 +231,17 @@ def _maximize_1d(
     x, cur = 0.0, ev
     if math.isfinite(upper) and upper_closed:
         evu = f(t(upper))
-        if evu is not None and float(evu.grad[0]) >= -gtol:
+        if evu is not None and abs(float(evu.grad[0])) <= gtol:
+            hist.append(([upper], evu.value))
+            return t(upper), "optimal", 1, f.n, hist, "stationary at the domain bound lam_max"
+        if evu is not None and float(evu.grad[0]) > 0:
             hist.append(([upper], evu.value))
             return (
-                t(upper), "boundary", 1, f.n, hist,
+                t(upper),
+                "boundary",
+                1,
+                f.n,
+                hist,
                 "dual maximised at the domain bound lam_max: the primal optimum is not attained",
             )
     for it in range(1, max_iter + 1):
@@ -257,22 +270,37 @@ def _maximize_1d(
         if math.isfinite(hi) and (hi - lo) <= xtol * (1 + hi):
             if hi == upper and gv > 0:
                 return (
-                    t(x), "boundary", it, f.n, hist,
+                    t(x),
+                    "boundary",
+                    it,
+                    f.n,
+                    hist,
                     "dual increases up to the open domain boundary: the primal optimum is not "
                     "attained",
                 )
             return t(x), "optimal", it, f.n, hist, "bracket converged"
         if x > infeasible_at:
             return (
-                t(x), "infeasible", it, f.n, hist,
+                t(x),
+                "infeasible",
+                it,
+                f.n,
+                hist,
                 "the dual keeps increasing: no distribution satisfies the constraint level",
             )
     return t(x), "max_iter", max_iter, f.n, hist, "iteration limit reached"
 
 
+def _projected_gradient(lam: torch.Tensor, g: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """Gradient with the components that point out of the box ``[0, upper]`` zeroed."""
+    blocked = ((lam <= 0) & (g <= 0)) | ((lam >= upper) & (g >= 0))
+    return torch.where(blocked, torch.zeros_like(g), g)
+
+
 def _maximize_nd(
     f: _Counter,
     m: int,
+    upper: torch.Tensor,
     in_domain: Callable[[torch.Tensor], bool] | None,
     gtol: float,
     xtol: float,
@@ -284,14 +312,26 @@ def _maximize_nd(
     if cur is None:
         raise ValueError("solve_dual: the dual is not finite at lam = 0 (check the problem data)")
     hist = [(lam.tolist(), cur.value)]
+    Result = tuple[torch.Tensor, str, int, int, list[tuple[list[float], float]], str]
+
+    def finish(it: int, status: str, msg: str) -> Result:
+        assert cur is not None
+        pinned = (lam >= upper) & (cur.grad > gtol)
+        if status == "optimal" and bool(pinned.any()):
+            status = "boundary"
+            msg = (
+                f"multiplier(s) {torch.nonzero(pinned).flatten().tolist()} pinned at the domain "
+                "bound with the constraint still violated: the primal optimum is not attained"
+            )
+        return lam, status, it, f.n, hist, msg
+
     for it in range(1, max_iter + 1):
         g, h = cur.grad, cur.hess
-        free = (lam > 0) | (g > 0)
-        pg = torch.where(free, g, torch.zeros_like(g))
+        pg = _projected_gradient(lam, g, upper)
         if float(pg.abs().max()) <= gtol:
-            return lam, "optimal", it - 1, f.n, hist, "projected gradient vanishes"
+            return finish(it - 1, "optimal", "projected gradient vanishes")
         d = torch.zeros_like(lam)
-        idx = torch.nonzero(free).flatten()
+        idx = torch.nonzero(pg != 0).flatten()
         hff = -h[idx][:, idx]
         ridge = 1e-12 * (1 + float(hff.diagonal().abs().max()))
         try:
@@ -305,56 +345,72 @@ def _maximize_nd(
         if decrement <= noise:
             # The value no longer resolves progress: take full Newton steps while they shrink
             # the projected gradient (the constraint violations), then stop.
-            trial = torch.clamp(lam + d, min=0.0)
+            trial = torch.minimum(torch.clamp(lam + d, min=0.0), upper)
             ev = f(trial) if (in_domain is None or in_domain(trial)) else None
             if ev is not None:
-                pg_new = torch.where((trial > 0) | (ev.grad > 0), ev.grad, 0.0)
+                pg_new = _projected_gradient(trial, ev.grad, upper)
                 if float(pg_new.abs().max()) < 0.5 * float(pg.abs().max()):
                     lam, cur = trial, ev
                     hist.append((lam.tolist(), cur.value))
                     continue
-            return (
-                lam, "optimal", it - 1, f.n, hist,
+            return finish(
+                it - 1,
+                "optimal",
                 "Newton decrement at rounding level: the dual value cannot increase further",
             )
         pg_norm = float(pg.abs().max())
-        step, accepted, domain_rejected = 1.0, None, False
+        # Fraction to the boundary: never jump more than halfway to an upper bound in one
+        # step (the dual's curvature can explode there, e.g. FU near lam_max).
+        ahead = (d > 0) & torch.isfinite(upper)
+        t_max = float(((upper - lam)[ahead] / d[ahead]).min()) if bool(ahead.any()) else math.inf
+        step = 1.0 if t_max > 1.0 else 0.5 * t_max
+        accepted, domain_rejected = None, False
+        first = step
         for _ in range(60):
-            trial = torch.clamp(lam + step * d, min=0.0)
+            trial = torch.minimum(torch.clamp(lam + step * d, min=0.0), upper)
             if in_domain is None or in_domain(trial):
                 ev = f(trial)
                 if ev is not None:
                     sufficient = ev.value >= cur.value + 1e-4 * float(g @ (trial - lam))
                     # within rounding of the current value, accept if the gradient shrinks
-                    flat = abs(ev.value - cur.value) <= noise and float(
-                        torch.where((trial > 0) | (ev.grad > 0), ev.grad, 0.0).abs().max()
-                    ) < pg_norm
+                    flat = (
+                        abs(ev.value - cur.value) <= noise
+                        and float(_projected_gradient(trial, ev.grad, upper).abs().max()) < pg_norm
+                    )
                     if sufficient or flat:
                         accepted = (trial, ev)
                         break
-            elif step == 1.0:
+            elif step == first:
                 domain_rejected = True
             step *= 0.5
         if accepted is None:
             if domain_rejected:
-                return (
-                    lam, "boundary", it, f.n, hist,
+                return finish(
+                    it,
+                    "boundary",
                     "no ascent step stays inside the dual domain: the maximum is on its boundary",
                 )
-            return (
-                lam, "max_iter", it, f.n, hist,
+            return finish(
+                it,
+                "max_iter",
                 "line search failed without leaving the domain (numerical noise in the dual)",
             )
         moved = float((accepted[0] - lam).abs().max())
         lam, cur = accepted
+        near = (upper - lam <= 1e-9 * (1 + upper)) & (cur.grad > 0)
+        if bool(near.any()):  # close enough to a bound the dual pushes against: snap to it
+            snapped = torch.where(near, upper, lam)
+            ev_snap = f(snapped) if (in_domain is None or in_domain(snapped)) else None
+            if ev_snap is not None:
+                lam, cur = snapped, ev_snap
         hist.append((lam.tolist(), cur.value))
         if float(lam.sum()) > infeasible_at:
-            return lam, "infeasible", it, f.n, hist, "the dual is unbounded: levels infeasible"
+            return finish(it, "infeasible", "the dual is unbounded: levels infeasible")
         if moved <= xtol * (1 + float(lam.abs().max())):
-            pg = torch.where((lam > 0) | (cur.grad > 0), cur.grad, torch.zeros_like(cur.grad))
+            pg = _projected_gradient(lam, cur.grad, upper)
             if float(pg.abs().max()) <= max(gtol, 1e-7):
-                return lam, "optimal", it, f.n, hist, "step and projected gradient vanish"
+                return finish(it, "optimal", "step and projected gradient vanish")
             if domain_rejected:
-                return lam, "boundary", it, f.n, hist, "iterates stalled on the domain boundary"
-            return lam, "max_iter", it, f.n, hist, "iterates stalled inside the domain"
-    return lam, "max_iter", max_iter, f.n, hist, "iteration limit reached"
+                return finish(it, "boundary", "iterates stalled on the domain boundary")
+            return finish(it, "max_iter", "iterates stalled inside the domain")
+    return finish(max_iter, "max_iter", "iteration limit reached")

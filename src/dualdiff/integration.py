@@ -52,6 +52,13 @@ class IntegrationRule:
     method: Literal["grid", "monte_carlo"]
     coarse_mask: torch.Tensor | None = None
     edge_mask: torch.Tensor | None = None
+    points_per_dim: int = 1
+
+    @property
+    def _tail_factor(self) -> float:
+        # Mass beyond the box is bounded by the edge layer's mass times the number of layers
+        # (a tail decaying no slower than across the box): a conservative edge error term.
+        return float(self.points_per_dim)
 
     @property
     def n_points(self) -> int:
@@ -78,7 +85,7 @@ class IntegrationRule:
             assert self.coarse_mask is not None and self.edge_mask is not None
             coarse = torch.logsumexp(log_f[self.coarse_mask] + self._coarse_log_weights(), -1)
             edge = torch.logsumexp(a[self.edge_mask], -1)
-            err = (value - coarse).abs() + torch.exp(edge - value)
+            err = (value - coarse).abs() + self._tail_factor * torch.exp(edge - value)
         else:
             # stderr of the mean of exp(a) * N, relative to the mean, is the log error.
             n = a.shape[-1]
@@ -94,7 +101,7 @@ class IntegrationRule:
             assert self.coarse_mask is not None and self.edge_mask is not None
             coarse = (f[..., self.coarse_mask] * torch.exp(self._coarse_log_weights())).sum(-1)
             edge = (f[..., self.edge_mask] * w[self.edge_mask]).abs().sum(-1)
-            err = (value - coarse).abs() + edge
+            err = (value - coarse).abs() + self._tail_factor * edge
         else:
             n = f.shape[-1]
             terms = f * w * n
@@ -126,7 +133,7 @@ class IntegrationRule:
             pc = torch.softmax(log_u[self.coarse_mask] + self._coarse_log_weights(), -1)
             coarse = (values[..., self.coarse_mask] * pc).sum(-1)
             edge = (values[..., self.edge_mask] * p[self.edge_mask]).abs().sum(-1)
-            err = (value - coarse).abs() + edge
+            err = (value - coarse).abs() + self._tail_factor * edge
         else:
             # delta method for a ratio estimator: Var ≈ sum_i p_i^2 (F_i - E)^2
             centred = values - value.unsqueeze(-1) if values.ndim > 1 else values - value
@@ -202,6 +209,14 @@ class GridQuadrature:
             f"resolution={self.resolution})"
         )
 
+    def refined(self) -> GridQuadrature | None:
+        """A wider and finer automatic grid (``None`` if the user fixed the grid)."""
+        if self.points_per_dim is not None or self.bounds is not None:
+            return None
+        return GridQuadrature(
+            extent=1.7 * self.extent, resolution=1.4 * self.resolution, max_points=self.max_points
+        )
+
     def prepare(
         self, dists: Sequence[GaussianMixture], generator: torch.Generator | None = None
     ) -> IntegrationRule:
@@ -250,6 +265,7 @@ class GridQuadrature:
             method="grid",
             coarse_mask=coarse.to(device),
             edge_mask=edge.to(device),
+            points_per_dim=n,
         )
 
 

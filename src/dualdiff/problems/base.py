@@ -154,9 +154,13 @@ class UnlearningProblem:
             return False
         return self._in_domain(t)[0]
 
-    def _domain_upper(self) -> tuple[float, bool]:
-        """One constraint: ``(upper, closed)`` with domain ``[0, upper]`` or ``[0, upper)``."""
-        return math.inf, False
+    def _domain_upper(self) -> tuple[torch.Tensor, bool]:
+        """Per-constraint bounds ``(upper (m,), closed)`` on the multipliers.
+
+        ``lam_i`` lies in ``[0, upper_i]`` (closed) or ``[0, upper_i)``; coupled conditions
+        are left to :meth:`_in_domain`.
+        """
+        return torch.full((self.m,), math.inf, dtype=_DTYPE), False
 
     def domain_info(self) -> dict[str, Any]:
         """Facts about the dual domain (for reports)."""
@@ -184,8 +188,29 @@ class UnlearningProblem:
         raise NotImplementedError
 
     def target(self, lam: Any) -> Target:
-        r"""Closed-form optimal distribution :math:`p_\lambda` for multipliers ``lam`` ``(m,)``."""
-        return self._target(self._check_multipliers(lam, "target"))
+        r"""Closed-form optimal distribution :math:`p_\lambda` for multipliers ``lam`` ``(m,)``.
+
+        On an automatic grid, a target whose normaliser's error bar exceeds 1e-9 (tails
+        beyond the box, or sharper than the spacing) triggers a wider, finer grid first.
+        """
+        lam_t = self._check_multipliers(lam, "target")
+        self._refine_until_accurate(lam_t)
+        return self._target(lam_t)
+
+    def _refine_until_accurate(self, lam: torch.Tensor, rtol: float = 1e-9) -> None:
+        """Rebuild an automatic grid (at most three times) until the dual at ``lam`` is accurate.
+
+        Accurate means value and gradient error bars within ``rtol * (1 + |g|)``.
+        """
+        for _ in range(3):
+            grid = self.integration
+            finer = grid.refined() if isinstance(grid, GridQuadrature) else None
+            if finer is None:
+                return
+            ev = self._oracle(lam)
+            if max(ev.value_err, float(ev.grad_err.max())) <= rtol * (1 + abs(ev.value)):
+                return
+            self._set_integration(finer)
 
     # ----------------------------------------------------------------- primal side
     def _objective_and_constraints(
@@ -318,8 +343,23 @@ class UnlearningProblem:
         )
 
     # ----------------------------------------------------------------- solve
+    #: Attributes cached per integration rule (cleared when the grid is refined).
+    _RULE_CACHES: tuple[str, ...] = ()
+
+    def _set_integration(self, integration: GridQuadrature | MonteCarlo) -> None:
+        self.integration = integration
+        self._rule = None
+        self._tables = None
+        for name in self._RULE_CACHES:
+            self.__dict__.pop(name, None)
+
     def solve_dual(
-        self, *, gtol: float = 1e-10, max_iter: int = 100
+        self,
+        *,
+        gtol: float = 1e-10,
+        max_iter: int = 100,
+        refine: bool = True,
+        rtol_integration: float = 1e-9,
     ) -> DualSolution:
         """Maximise the concave dual over its domain and certify the closed-form target.
 
@@ -329,11 +369,29 @@ class UnlearningProblem:
             Tolerance on the projected Danskin gradient (nats).
         max_iter
             Iteration cap.
+        refine
+            Automatic grids only: when the dual's or the gradient's quadrature error bar at the
+            solution exceeds ``rtol_integration * (1 + |g|)`` (a target whose tails leave the box,
+            or sharper than the spacing), rebuild a wider, finer grid and solve again (at most
+            three times).
+        rtol_integration
+            See ``refine``.
 
         Returns
         -------
         DualSolution
         """
+        for _ in range(3):
+            sol = self._solve_once(gtol, max_iter)
+            if not refine:
+                return sol
+            before = self.integration
+            self._refine_until_accurate(sol.multipliers, rtol_integration)
+            if self.integration is before:
+                return sol
+        return self._solve_once(gtol, max_iter)
+
+    def _solve_once(self, gtol: float, max_iter: int) -> DualSolution:
         upper, closed = self._domain_upper()
 
         def oracle(lam: torch.Tensor) -> DualEval:

@@ -135,8 +135,9 @@ class ReverseKLProblem(KLConstrainedProblem):
             )
         return True, ""
 
-    def _domain_upper(self) -> tuple[float, bool]:
-        return min(1.0, tilt_bound(self.pretrained, self.unlearn[0])), False
+    def _domain_upper(self) -> tuple[torch.Tensor, bool]:
+        bounds = [min(1.0, tilt_bound(self.pretrained, q)) for q in self.unlearn]
+        return torch.tensor(bounds, dtype=torch.float64), False
 
     def domain_info(self) -> dict[str, Any]:  # noqa: D102
         info = super().domain_info()
@@ -193,6 +194,7 @@ class ForwardKLProblem(KLConstrainedProblem):
 
     _lam_max: list[RatioInfimum] | None = None
     _domain_log_ratio: torch.Tensor | None = None
+    _RULE_CACHES = ("_lam_max", "_domain_log_ratio", "_neg_ent", "_mass_q")
 
     @property
     def domain_description(self) -> str:  # noqa: D102
@@ -240,8 +242,10 @@ class ForwardKLProblem(KLConstrainedProblem):
             )
         return True, ""
 
-    def _domain_upper(self) -> tuple[float, bool]:
-        return self.lam_max[0].value, True
+    def _domain_upper(self) -> tuple[torch.Tensor, bool]:
+        # lam_max is attained (closed bound) except at 1 (q_i = p0), where 1 - Lam > 0 is needed
+        bounds = [min(r.value, 1.0 - 1e-9) for r in self.lam_max]
+        return torch.tensor(bounds, dtype=torch.float64), True
 
     def domain_info(self) -> dict[str, Any]:  # noqa: D102
         info = super().domain_info()

@@ -12,7 +12,6 @@ The problem is convex (the constraint is linear in :math:`p`). The other reading
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -128,10 +127,11 @@ class LikelihoodConstrainedProblem(UnlearningProblem):
                 )
         return True, ""
 
-    def _domain_upper(self) -> tuple[float, bool]:
+    def _domain_upper(self) -> tuple[torch.Tensor, bool]:
         if self.likelihood_name == "log":
-            return tilt_bound(self.pretrained, self.unlearn[0]), False
-        return math.inf, False
+            bounds = [tilt_bound(self.pretrained, q) for q in self.unlearn]
+            return torch.tensor(bounds, dtype=torch.float64), False
+        return super()._domain_upper()
 
     def _log_u(self, lam: torch.Tensor) -> torch.Tensor:
         t = self.tables
