@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from dualdiff import GaussianMixture, KLConstrainedProblem, LikelihoodConstrainedProblem, MonteCarlo
+from dualdiff import (
+    ForwardKLProblem,
+    GaussianMixture,
+    KLConstrainedProblem,
+    LikelihoodConstrainedProblem,
+    MonteCarlo,
+    ReverseKLProblem,
+)
 from dualdiff.testing import gaussian_reference, pretrained_value, retrain_reference, standard_suite
 
 SUITE = {c.name: c.problem for c in standard_suite()}
@@ -205,3 +212,12 @@ def test_grid_box_covers_heavy_tilted_targets() -> None:
     mass = float(torch.exp(sol.target.log_prob(x)).sum()) * float(x[1, 0] - x[0, 0])
     assert abs(mass - 1.0) <= 1e-6 + 3 * sol.certificate.dual_error
     assert math.isclose(sol.dual_value, ref.optimal_value, abs_tol=3 * sol.certificate.dual_error)
+
+
+def test_subclass_direction_is_its_own() -> None:
+    p0 = GaussianMixture([0.5, 0.5], [[-2.0], [2.0]], 0.5)
+    q = p0.component(1)
+    assert ForwardKLProblem(p0, [q], [1.0]).direction == "forward"
+    assert ReverseKLProblem(p0, [q], [1.0]).direction == "reverse"
+    with pytest.raises(ValueError, match=r"'direction'='reverse' contradicts"):
+        ForwardKLProblem(p0, [q], [1.0], direction="reverse")

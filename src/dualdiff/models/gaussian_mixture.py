@@ -109,7 +109,11 @@ class GaussianMixture:
             cov = torch.diag_embed(cov)
         elif cov.ndim == 3 and cov.shape == (k, d, d):
             if not torch.allclose(cov, cov.transpose(-1, -2), rtol=1e-8, atol=1e-10):
-                raise ValueError(f"{owner}: parameter 'covariances' must be symmetric")
+                asym = float((cov - cov.transpose(-1, -2)).abs().max())
+                raise ValueError(
+                    f"{owner}: parameter 'covariances' must be symmetric, got a maximum "
+                    f"asymmetry |S - S^T| of {asym:.3g}"
+                )
         else:
             raise ValueError(
                 f"{owner}: parameter 'covariances' must be a scalar, (K, d) = ({k}, {d}) "

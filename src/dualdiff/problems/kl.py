@@ -79,9 +79,13 @@ class KLConstrainedProblem(UnlearningProblem):
     maximiser returned by :meth:`solve_dual`.
     """
 
-    def __new__(cls, *args: Any, direction: str = "reverse", **kwargs: Any) -> Any:
+    #: Direction fixed by a subclass (``None`` on the dispatching base class).
+    _direction: str | None = None
+
+    def __new__(cls, *args: Any, direction: str | None = None, **kwargs: Any) -> Any:
         """Dispatch to :class:`ReverseKLProblem` or :class:`ForwardKLProblem` by ``direction``."""
         if cls is KLConstrainedProblem:
+            direction = "reverse" if direction is None else direction
             check_choice(direction, "direction", "KLConstrainedProblem", ["reverse", "forward"])
             sub = ReverseKLProblem if direction == "reverse" else ForwardKLProblem
             return super().__new__(sub)
@@ -93,10 +97,18 @@ class KLConstrainedProblem(UnlearningProblem):
         unlearn: Any,
         bounds: Any,
         *,
-        direction: Literal["reverse", "forward"] = "reverse",
+        direction: Literal["reverse", "forward"] | None = None,
         integration: str | GridQuadrature | MonteCarlo = "auto",
     ) -> None:
+        own = self._direction
+        if direction is None:
+            direction = "reverse" if own is None else own  # type: ignore[assignment]
         check_choice(direction, "direction", "KLConstrainedProblem", ["reverse", "forward"])
+        if own is not None and direction != own:
+            raise ValueError(
+                f"{type(self).__name__}: parameter 'direction'={direction!r} contradicts the "
+                f"class, which solves direction={own!r}; use KLConstrainedProblem(...)"
+            )
         self.direction = direction
         super().__init__(pretrained, unlearn, bounds, integration, "KLConstrainedProblem")
 
@@ -115,6 +127,7 @@ class ReverseKLProblem(KLConstrainedProblem):
     """RU: ``KLConstrainedProblem(..., direction="reverse")``; see the parent class."""
 
     kind = "RU"
+    _direction = "reverse"
 
     @property
     def domain_description(self) -> str:  # noqa: D102
@@ -191,6 +204,7 @@ class ForwardKLProblem(KLConstrainedProblem):
     """FU: ``KLConstrainedProblem(..., direction="forward")``; see the parent class."""
 
     kind = "FU"
+    _direction = "forward"
 
     _lam_max: list[RatioInfimum] | None = None
     _domain_log_ratio: torch.Tensor | None = None
