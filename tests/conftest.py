@@ -26,3 +26,11 @@ settings.register_profile("ci", max_examples=20, derandomize=True, **_COMMON)
 settings.register_profile("dev", max_examples=8, **_COMMON)
 settings.register_profile("thorough", max_examples=200, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# One torch thread per test process: the suite runs under pytest-xdist (one process per core)
+# and its tensors are small, where two OpenMP threads per process only add synchronisation
+# cost (measured ~50x slower on a busy 2-core machine).
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
