@@ -182,9 +182,10 @@ def ratio_infimum(
     order = torch.argsort(lr)[:n_starts]
 
     def fun(z: np.ndarray) -> tuple[float, np.ndarray]:
-        x = torch.tensor(z, dtype=dtype, requires_grad=True)
-        v = _log_ratio(p0d, qd, x.unsqueeze(0))[0]
-        (g,) = torch.autograd.grad(v, x)
+        with torch.enable_grad():  # callers may be inside torch.no_grad()
+            x = torch.tensor(z, dtype=dtype, requires_grad=True)
+            v = _log_ratio(p0d, qd, x.unsqueeze(0))[0]
+            (g,) = torch.autograd.grad(v, x)
         return float(v.detach()), g.numpy()
 
     for i in order.tolist():

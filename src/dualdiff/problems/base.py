@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -190,27 +191,29 @@ class UnlearningProblem:
     def target(self, lam: Any) -> Target:
         r"""Closed-form optimal distribution :math:`p_\lambda` for multipliers ``lam`` ``(m,)``.
 
-        On an automatic grid, a target whose normaliser's error bar exceeds 1e-9 (tails
-        beyond the box, or sharper than the spacing) triggers a wider, finer grid first.
+        On an automatic grid, if the normaliser's error bar at ``lam`` exceeds 1e-9 relative
+        (tails beyond the box, or sharper than the spacing), the target is built on a wider,
+        finer grid; the problem itself is left unchanged (only :meth:`solve_dual` refines the
+        problem's own grid), so repeated calls are deterministic.
         """
         lam_t = self._check_multipliers(lam, "target")
-        self._refine_until_accurate(lam_t)
-        return self._target(lam_t)
+        return self._accurate_at(lam_t)._target(lam_t)
 
-    def _refine_until_accurate(self, lam: torch.Tensor, rtol: float = 1e-9) -> None:
-        """Rebuild an automatic grid (at most three times) until the dual at ``lam`` is accurate.
+    def _grid_accurate(self, lam: torch.Tensor, rtol: float) -> bool:
+        ev = self._oracle(lam)
+        return max(ev.value_err, float(ev.grad_err.max())) <= rtol * (1 + abs(ev.value))
 
-        Accurate means value and gradient error bars within ``rtol * (1 + |g|)``.
-        """
+    def _accurate_at(self, lam: torch.Tensor, rtol: float = 1e-9) -> UnlearningProblem:
+        """Return ``self``, or a copy on a refined automatic grid accurate at ``lam``."""
+        prob = self
         for _ in range(3):
-            grid = self.integration
+            grid = prob.integration
             finer = grid.refined() if isinstance(grid, GridQuadrature) else None
-            if finer is None:
-                return
-            ev = self._oracle(lam)
-            if max(ev.value_err, float(ev.grad_err.max())) <= rtol * (1 + abs(ev.value)):
-                return
-            self._set_integration(finer)
+            if finer is None or prob._grid_accurate(lam, rtol):
+                break
+            prob = copy.copy(prob)
+            prob._set_integration(finer)
+        return prob
 
     # ----------------------------------------------------------------- primal side
     def _objective_and_constraints(
@@ -383,12 +386,13 @@ class UnlearningProblem:
         """
         for _ in range(3):
             sol = self._solve_once(gtol, max_iter)
-            if not refine:
+            grid = self.integration
+            finer = grid.refined() if isinstance(grid, GridQuadrature) else None
+            if not refine or finer is None:
                 return sol
-            before = self.integration
-            self._refine_until_accurate(sol.multipliers, rtol_integration)
-            if self.integration is before:
+            if self._grid_accurate(sol.multipliers, rtol_integration):
                 return sol
+            self._set_integration(finer)
         return self._solve_once(gtol, max_iter)
 
     def _solve_once(self, gtol: float, max_iter: int) -> DualSolution:
