@@ -35,6 +35,8 @@ from .models.gaussian_mixture import GaussianMixture
 __all__ = [
     "RatioInfimum",
     "directions",
+    "log_tilt_in_domain",
+    "log_tilt_upper_bounds",
     "normalisability_margin",
     "ratio_infimum",
     "tilt_bound",
@@ -102,6 +104,30 @@ def tilt_bound(p0: GaussianMixture, q: GaussianMixture) -> float:
         return float(torch.stack(vals).min())
     u = directions(p0.dim, p0.dtype)
     return float((_tail_precision(p0, u) / _tail_precision(q, u)).min())
+
+
+def log_tilt_in_domain(
+    p0: GaussianMixture, qs: Sequence[GaussianMixture], lam: torch.Tensor
+) -> tuple[bool, str]:
+    r"""Whether :math:`p_0\prod_i q_i^{-\lambda_i}` is normalisable, with a reason if not.
+
+    Also decides RU's tilt: the power :math:`1/(1-\Lambda)` does not change the sign of the
+    tail curvature.
+    """
+    margin = normalisability_margin(1.0, p0, lam.tolist(), qs)
+    if margin > 1e-12:
+        return True, ""
+    return False, (
+        f"p0 * prod q_i^(-lam_i) is not normalisable (tail curvature {margin:.3g} <= 0): some "
+        "q_i has lighter tails than p0 in a direction"
+    )
+
+
+def log_tilt_upper_bounds(
+    p0: GaussianMixture, qs: Sequence[GaussianMixture], cap: float = math.inf
+) -> torch.Tensor:
+    """Per-constraint bounds ``min(cap, tilt_bound(p0, q_i))``, shape ``(m,)``."""
+    return torch.tensor([min(cap, tilt_bound(p0, q)) for q in qs], dtype=torch.float64)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,14 @@ import torch
 
 from .._atoms import Atoms, signed_log_sum
 from .._validation import check_choice
-from ..domain import RatioInfimum, directions, normalisability_margin, ratio_infimum, tilt_bound
+from ..domain import (
+    RatioInfimum,
+    directions,
+    log_tilt_in_domain,
+    log_tilt_upper_bounds,
+    ratio_infimum,
+    tilt_bound,
+)
 from ..duality import DualEval
 from ..integration import GridQuadrature, MonteCarlo
 from ..models.gaussian_mixture import GaussianMixture
@@ -140,17 +147,10 @@ class ReverseKLProblem(KLConstrainedProblem):
         total = float(lam.sum())
         if not total < 1.0:
             return False, f"sum(lam) = {total} must be < 1 (for sum >= 1 the dual is -inf)"
-        margin = normalisability_margin(1.0, self.pretrained, lam.tolist(), self.unlearn)
-        if not margin > 1e-12:
-            return False, (
-                f"the geometric tilt is not normalisable (tail curvature {margin:.3g} <= 0): "
-                "some q_i has lighter tails than p0 in a direction"
-            )
-        return True, ""
+        return log_tilt_in_domain(self.pretrained, self.unlearn, lam)
 
     def _domain_upper(self) -> tuple[torch.Tensor, bool]:
-        bounds = [min(1.0, tilt_bound(self.pretrained, q)) for q in self.unlearn]
-        return torch.tensor(bounds, dtype=torch.float64), False
+        return log_tilt_upper_bounds(self.pretrained, self.unlearn, cap=1.0), False
 
     def domain_info(self) -> dict[str, Any]:  # noqa: D102
         info = super().domain_info()

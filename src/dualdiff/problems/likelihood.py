@@ -19,7 +19,7 @@ import torch
 
 from .._errors import IllPosedProblemError
 from .._validation import check_choice
-from ..domain import normalisability_margin, tilt_bound
+from ..domain import log_tilt_in_domain, log_tilt_upper_bounds
 from ..duality import DualEval
 from ..integration import GridQuadrature, MonteCarlo
 from ..models.gaussian_mixture import GaussianMixture
@@ -119,18 +119,12 @@ class LikelihoodConstrainedProblem(UnlearningProblem):
 
     def _in_domain(self, lam: torch.Tensor) -> tuple[bool, str]:
         if self.likelihood_name == "log":
-            margin = normalisability_margin(1.0, self.pretrained, lam.tolist(), self.unlearn)
-            if not margin > 1e-12:
-                return False, (
-                    f"p0 * prod q_i^(-lam_i) is not normalisable (tail curvature {margin:.3g} "
-                    "<= 0)"
-                )
+            return log_tilt_in_domain(self.pretrained, self.unlearn, lam)
         return True, ""
 
     def _domain_upper(self) -> tuple[torch.Tensor, bool]:
         if self.likelihood_name == "log":
-            bounds = [tilt_bound(self.pretrained, q) for q in self.unlearn]
-            return torch.tensor(bounds, dtype=torch.float64), False
+            return log_tilt_upper_bounds(self.pretrained, self.unlearn), False
         return super()._domain_upper()
 
     def _log_u(self, lam: torch.Tensor) -> torch.Tensor:
