@@ -39,6 +39,16 @@ except ImportError:  # pragma: no cover - docs built from a bare checkout
     sys.path.insert(0, str(ROOT / "src"))
     import dualdiff
 
+# One intra-op thread for the whole build, the gallery examples included (they run in this
+# process): the examples' tensors are tiny, and on a busy machine torch's thread pool makes
+# such operations tens of times slower instead of faster.
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover - torch is a hard dependency of dualdiff
+    pass
+
 # Headless plotting for autodoc imports and the gallery.
 os.environ.setdefault("MPLBACKEND", "agg")
 try:
@@ -78,13 +88,13 @@ autosummary_generate = True
 autosummary_imported_members = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_typehints_description_target = "documented"
+autodoc_typehints_description_target = "documented_params"
 autodoc_preserve_defaults = True
 autodoc_class_signature = "mixed"
 
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
-napoleon_use_rtype = False
+napoleon_use_rtype = True  # with the setting above: one "Return type" per object
 napoleon_use_ivar = True
 napoleon_include_init_with_doc = False
 
@@ -326,6 +336,189 @@ def _inject_changelog(app: Any, docname: str, source: list[str]) -> None:
         source[0] = source[0].replace(_CHANGELOG_MARK, _changelog_rst())
 
 
+# -- api.rst: the command line's --help, generated from the code -------------------------
+_CLI_MARK = ".. dualdiff-cli-help-goes-here"
+
+
+def _cli_help_rst() -> str:
+    """``--help`` of ``dualdiff`` and each subcommand, as literal blocks (always current)."""
+    import argparse
+
+    from dualdiff.cli import build_parser
+
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "88"  # argparse wraps to the terminal width
+    try:
+        parser = build_parser()
+        blocks = [("dualdiff --help", parser.format_help())]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    blocks.append((f"dualdiff {name} --help", sub.format_help()))
+    finally:
+        if old is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old
+    out = []
+    for title, text in blocks:
+        body = "\n".join("   " + line if line.strip() else "" for line in text.splitlines())
+        out.append(f".. code-block:: text\n   :caption: ``{title}``\n\n{body}\n")
+    return "\n".join(out)
+
+
+def _inject_api(app: Any, docname: str, source: list[str]) -> None:
+    if docname != "api":
+        return
+    if _CLI_MARK in source[0]:
+        source[0] = source[0].replace(_CLI_MARK, _cli_help_rst())
+
+
+# -- docstring pre-processing (before napoleon) -----------------------------------------
+_SECTION_RULE = re.compile(r"^\s*-{3,}\s*$")
+_COMBINED_NAMES = re.compile(r"^(\s*)(\w+(?:\s*,\s*\w+)+)(\s*:.*)?$")
+_SENTENCE_COLON = re.compile(r"^([^:`]*?\s[^:`]*?):\s+(\S.*)$")
+
+
+def _split_combined_attributes(lines: list[str]) -> None:
+    """Give each name of a combined ``a, b, c`` entry of an *Attributes* section its own entry.
+
+    numpydoc allows one description for several names. napoleon supports that in
+    *Parameters* but renders an *Attributes* entry ``a, b, c`` (with ``napoleon_use_ivar``) as
+    ``:ivar a, b, c:``, which Sphinx reads as a variable ``b, c`` of *type* ``a``.
+    """
+    out: list[str] = []
+    i, in_attributes, base = 0, False, 0
+    while i < len(lines):
+        line = lines[i]
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if line.strip() and _SECTION_RULE.match(nxt):  # a section header
+            in_attributes = line.strip() == "Attributes"
+            base = len(line) - len(line.lstrip())
+            out += [line, nxt]
+            i += 2
+            continue
+        m = _COMBINED_NAMES.match(line) if in_attributes else None
+        if m and len(m.group(1)) == base:
+            j = i + 1
+            while j < len(lines) and (
+                not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > base
+            ):
+                j += 1
+            body = lines[i + 1 : j]
+            for name in (n.strip() for n in m.group(2).split(",")):
+                out.append(f"{m.group(1)}{name}{m.group(3) or ''}")
+                out += body
+            i = j
+            continue
+        out.append(line)
+        i += 1
+    lines[:] = out
+
+
+def _protect_sentence_colon(what: str, lines: list[str]) -> None:
+    """Stop napoleon from reading ``Some sentence: details`` on an attribute as ``type: text``.
+
+    For attribute and property docstrings napoleon treats the text before the first colon as
+    the attribute's type. When that text is a phrase (it contains spaces), render the colon as
+    a dash instead.
+    """
+    if what not in ("attribute", "property", "data") or not lines:
+        return
+    m = _SENTENCE_COLON.match(lines[0])
+    if m and " " in m.group(1).strip():
+        lines[0] = f"{m.group(1).rstrip()} — {m.group(2)}"
+
+
+def _preprocess_docstring(
+    app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+    _protect_sentence_colon(what, lines)
+    _split_combined_attributes(lines)
+
+
+def _skip_namedtuple_aliases(
+    app: Any, what: str, name: str, obj: Any, skip: bool, options: Any
+) -> bool | None:
+    """Hide the auto-generated "Alias for field number N" members of NamedTuples.
+
+    The fields are documented in the class's *Attributes* section already.
+    """
+    doc = getattr(obj, "__doc__", None) or ""
+    if re.fullmatch(r"Alias for field number \d+", doc.strip()):
+        return True
+    return None
+
+
+# -- cross-references to re-exported names ------------------------------------------------
+def _resolve_reexport(app: Any, env: Any, node: Any, contnode: Any) -> Any:
+    """Resolve ``dualdiff.sub.module.Name[.attr]`` to the documented ``dualdiff.Name[.attr]``.
+
+    Docstrings refer to objects by their defining module (``dualdiff.engine.ConstraintEstimate``,
+    ``dualdiff.models.GaussianMixture``), while this site documents names exported by the
+    top-level package under ``dualdiff.<Name>``. A reference is redirected only when the
+    shortened target is documented and ``dualdiff.<Name>`` is the very same object.
+    """
+    if node.get("refdomain") != "py":
+        return None
+    target = node.get("reftarget", "")
+    if not target.startswith("dualdiff."):
+        return None
+    import importlib
+
+    parts = target.split(".")
+    domain = env.get_domain("py")
+    for k in range(2, len(parts)):
+        candidate = "dualdiff." + ".".join(parts[k:])
+        if candidate not in domain.objects:
+            continue
+        try:
+            owner = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        exported = getattr(dualdiff, parts[k], None)
+        if exported is None or getattr(owner, parts[k], None) is not exported:
+            continue
+        return domain.resolve_xref(
+            env, node["refdoc"], app.builder, node["reftype"], candidate, node, contnode
+        )
+    return None
+
+
+def _resolve_short_name(app: Any, env: Any, node: Any, contnode: Any) -> Any:
+    """Resolve an unqualified ``Name`` (or ``Name.attr``) in a dualdiff docstring.
+
+    A docstring written in module ``dualdiff.engine.trainer`` says ``StepRecord`` or
+    ``ode_log_likelihood``; the object may be documented as ``dualdiff.engine.StepRecord`` or
+    ``dualdiff.ode_log_likelihood``. Resolve when exactly one documented ``dualdiff`` object
+    has that dotted suffix; otherwise leave the reference alone.
+    """
+    if node.get("refdomain") != "py":
+        return None
+    target = node.get("reftarget", "").lstrip(".~")
+    if not target or target.startswith("dualdiff."):
+        return None
+    module = node.get("py:module") or ""
+    if not module.startswith("dualdiff"):
+        return None
+    domain = env.get_domain("py")
+    suffix = "." + target
+    # autodoc also registers each object under its canonical (defining-module) name: count
+    # distinct objects, and link to the non-aliased entry
+    found: dict[tuple[str, str], str] = {}
+    for name, entry in domain.objects.items():
+        if name.startswith("dualdiff.") and name.endswith(suffix):
+            key = (entry.docname, entry.node_id)
+            if key not in found or not entry.aliased:
+                found[key] = name
+    if len(found) != 1:
+        return None
+    (match,) = found.values()
+    return domain.resolve_xref(
+        env, node["refdoc"], app.builder, node["reftype"], match, node, contnode
+    )
+
+
 def setup(app: Any) -> dict[str, Any]:
     from sphinx.util import logging
 
@@ -335,6 +528,12 @@ def setup(app: Any) -> dict[str, Any]:
     if _NO_GALLERY:
         logger.info("sphinx-gallery: DUALDIFF_DOCS_NO_GALLERY is set, examples are not run")
     app.connect("source-read", _inject_changelog)
+    app.connect("source-read", _inject_api)
+    app.connect("missing-reference", _resolve_reexport)
+    app.connect("missing-reference", _resolve_short_name)
+    # priority < 500: before napoleon turns the numpy sections into reST fields
+    app.connect("autodoc-process-docstring", _preprocess_docstring, priority=400)
+    app.connect("autodoc-skip-member", _skip_namedtuple_aliases)
     app.connect("builder-inited", _report_undocumented_api)
     return {"parallel_read_safe": True}
 
