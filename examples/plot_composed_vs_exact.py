@@ -36,6 +36,8 @@ from dualdiff import KLConstrainedProblem, sample_sde
 from dualdiff.demo import ring_mixture
 from dualdiff.noised import ExactNoisedTarget, composed_score_error
 
+torch.set_num_threads(1)  # tiny tensors: extra threads only add synchronisation cost
+
 p0 = ring_mixture(8, radius=4.0, std=0.5)
 q = p0.component(0)
 kl_p0_q = float(KLConstrainedProblem(p0, [q], bounds=[0.0]).constraint_values(p0)[0][0])

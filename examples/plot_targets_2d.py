@@ -29,6 +29,8 @@ import torch
 
 from dualdiff import GaussianMixture, KLConstrainedProblem, LikelihoodConstrainedProblem
 
+torch.set_num_threads(1)  # tiny tensors: extra threads only add synchronisation cost
+
 p0 = GaussianMixture(
     weights=[0.5, 0.3, 0.2],
     means=[[-2.0, 0.0], [1.5, 1.5], [1.5, -1.5]],

@@ -27,10 +27,14 @@ def as_tensor(
     ----------
     value
         Anything :func:`torch.as_tensor` accepts.
-    name, owner
-        Parameter and class/function names used in error messages.
-    dtype, device
-        Target dtype (default: the value's own floating dtype, else float64) and device.
+    name
+        Parameter name used in error messages.
+    owner
+        Class/function name used in error messages.
+    dtype
+        Target dtype (default: the value's own floating dtype, else float64).
+    device
+        Target device.
     """
     if isinstance(value, torch.Tensor):
         t = value

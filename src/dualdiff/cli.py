@@ -8,8 +8,9 @@ function running it (returning the exit code). A new subcommand is one
 
 ``dualdiff verify`` solves the dual of every problem of
 :func:`dualdiff.testing.standard_suite` (RU, FU and LU; ``m = 1, 2``; ``d = 1, 2``) and checks
-each solution's certificate (Khalafi, Ribeiro & Ding, ICML 2026, §2 of ``MATH.md``): with
-:math:`\lambda^\star` the dual maximiser and :math:`p_{\lambda^\star}` the closed-form target,
+each solution's certificate (Khalafi, Ribeiro & Ding, ICML 2026; see :ref:`certificates`):
+with :math:`\lambda^\star` the dual maximiser and :math:`p_{\lambda^\star}` the closed-form
+target,
 
 .. math::
     |f(p_{\lambda^\star}) - g(\lambda^\star)| \le \varepsilon,\qquad
@@ -89,8 +90,14 @@ def register_command(
 
     Parameters
     ----------
-    name, help, configure, run
-        See :class:`Command`.
+    name
+        Subcommand name (``dualdiff NAME ...``).
+    help
+        One-line description shown by ``dualdiff --help``.
+    configure
+        Adds the subcommand's arguments to its parser.
+    run
+        Runs it from the parsed arguments; returns the process exit code.
     replace
         Allow replacing an existing entry (e.g. the ``demo`` placeholder).
 

@@ -61,8 +61,13 @@ class Certificate:
         The :math:`\lambda` used, ``(m,)``.
     method
         ``"grid"`` or ``"monte_carlo"``: how the integrals were computed.
-    primal_error, dual_error, gap_error
-        Error bars (grid: difference to a coarser grid plus edge mass; MC: standard errors).
+    primal_error
+        Error bar of ``primal_value`` (grid: difference to a coarser grid plus edge mass; MC:
+        standard error).
+    dual_error
+        Error bar of ``dual_value`` (same construction).
+    gap_error
+        Error bar of ``gap`` (same construction).
     constraint_errors
         Error bars of ``constraint_values``, ``(m,)``.
     complementary_slackness
@@ -123,8 +128,10 @@ class DualSolution:
         :math:`g(\lambda^\star)`.
     gradient
         Danskin gradient at the solution (the target's constraint violations).
-    iterations, n_evaluations
-        Solver iterations and dual-oracle evaluations.
+    iterations
+        Solver iterations.
+    n_evaluations
+        Dual-oracle evaluations.
     message
         Explanation of the status.
     history
@@ -183,15 +190,18 @@ def maximize_dual(
         domain.
     m
         Number of multipliers.
-    upper, upper_closed
-        Per-coordinate bounds (a float, or a tensor ``(m,)``; ``inf`` for none): the box is
-        ``[0, upper]`` (closed) or ``[0, upper)``. A coordinate pinned at its bound with an
-        ascending gradient makes the status ``"boundary"``.
+    upper
+        Per-coordinate bounds (a float, or a tensor ``(m,)``; ``inf`` for none). A coordinate
+        pinned at its bound with an ascending gradient makes the status ``"boundary"``.
+    upper_closed
+        Whether the box is ``[0, upper]`` (``True``) or ``[0, upper)`` (``False``).
     in_domain
         Several constraints: membership test of the rest of the convex domain (coupled
         conditions such as ``sum(lam) < 1``).
-    gtol, xtol
-        Tolerance on the projected gradient and on the step / bracket width.
+    gtol
+        Tolerance on the projected gradient.
+    xtol
+        Tolerance on the step / bracket width.
     max_iter
         Iteration cap (status ``"max_iter"``).
     infeasible_at
@@ -199,7 +209,18 @@ def maximize_dual(
 
     Returns
     -------
-    (lam, status, iterations, n_evaluations, history, message)
+    lam : torch.Tensor
+        The maximiser, shape ``(m,)``, float64.
+    status : str
+        ``"optimal"``, ``"boundary"``, ``"infeasible"`` or ``"max_iter"``.
+    iterations : int
+        Solver iterations.
+    n_evaluations : int
+        Oracle calls.
+    history : list of tuple
+        ``(lam, g)`` per iteration, ``lam`` as a list of floats.
+    message : str
+        Explanation of the status.
     """
     f = _Counter(oracle)
     up = torch.as_tensor(upper, dtype=torch.float64).reshape(-1).expand(m).clone()

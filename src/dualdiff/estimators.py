@@ -9,10 +9,11 @@ r"""Likelihood and KL estimators for black-box score models and densities.
 * :func:`kl_estimate` — Monte Carlo :math:`\mathrm{KL}(p\,\|\,q)` for objects with ``sample``
   and ``log_prob``.
 
-Monte Carlo estimators return an :class:`Estimate` ``(value, stderr, n)``. All conventions
-follow MATH.md §3: VP forward process :math:`x_t = \alpha_t x_0 + \sigma_t\varepsilon`, prior
-:math:`\pi = \mathcal N(0, \sigma_{t_{\max}}^2 I)` (the one the samplers in
-:mod:`dualdiff.sampling` draw from), time range :math:`[t_{\min}, t_{\max}]`.
+Monte Carlo estimators return an :class:`Estimate` ``(value, stderr, n)``. All conventions follow
+:ref:`the diffusion view <diffusion-view>`: VP forward process
+:math:`x_t = \alpha_t x_0 + \sigma_t\varepsilon`, prior
+:math:`\pi = \mathcal N(0, \sigma_{t_{\max}}^2 I)` (the one the samplers in :mod:`dualdiff.sampling`
+draw from), time range :math:`[t_{\min}, t_{\max}]`.
 """
 
 from __future__ import annotations
@@ -163,8 +164,12 @@ def sample_times(
         Noise schedule.
     time_sampling
         ``"log_snr"`` or ``"uniform"``.
-    generator, dtype, device
-        Randomness and placement.
+    generator
+        Random generator of the times.
+    dtype
+        Dtype of the returned tensors.
+    device
+        Device of the returned tensors.
 
     Returns
     -------
@@ -342,9 +347,11 @@ def ode_log_likelihood(
         ``"exact"`` (``D`` backward passes per evaluation), ``"hutchinson"`` (Rademacher
         probes :math:`\mathbb E[v^\top J v] = \operatorname{tr}J`, drawn once per call and
         kept fixed along the trajectory, unbiased) or ``"auto"`` (exact when ``D <= 8``).
-    rtol, atol
-        Tolerances of the adaptive solver (:func:`torchdiffeq.odeint`), applied to the state
-        and to the accumulated log-density.
+    rtol
+        Relative tolerance of the adaptive solver (:func:`torchdiffeq.odeint`), applied to the
+        state and to the accumulated log-density.
+    atol
+        Absolute tolerance of the adaptive solver, applied likewise.
     method
         Adaptive torchdiffeq solver.
     n_probes
@@ -622,8 +629,10 @@ def path_kl(
 
     Parameters
     ----------
-    model_a, model_b
-        Score models (``a`` is the reference measure).
+    model_a
+        Score model of the reference measure :math:`\mathbb P^a` (the one ``x0`` comes from).
+    model_b
+        Score model of :math:`\mathbb P^b`.
     x0
         Samples from model ``a`` at ``t = 0`` (or ``t_min``), shape ``(n, *event)``.
     schedule
@@ -634,8 +643,10 @@ def path_kl(
         Random generator for the times and the noise.
     time_sampling
         ``"log_snr"`` (default) or ``"uniform"`` (:func:`sample_times`).
-    cond_a, cond_b
-        Optional conditions for each model (e.g. one conditional network, two prompts).
+    cond_a
+        Optional condition for ``model_a`` (e.g. one conditional network, two prompts).
+    cond_b
+        Optional condition for ``model_b``.
 
     Returns
     -------
@@ -663,9 +674,11 @@ def kl_estimate(
 
     Parameters
     ----------
-    p, q
-        Objects with ``log_prob(x)``; ``p`` also with ``sample(n, generator=)`` (e.g.
+    p
+        Object with ``log_prob(x)`` and ``sample(n, generator=)`` (e.g.
         :class:`~dualdiff.models.GaussianMixture`).
+    q
+        Object with ``log_prob(x)``.
     n
         Number of samples from ``p``.
     generator

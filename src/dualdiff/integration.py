@@ -77,7 +77,19 @@ class IntegrationRule:
     def log_integral(self, log_f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r""":math:`\log\int e^{\log f}` and its absolute error bar (in log units).
 
-        ``log_f`` has shape ``(N,)``; non-finite ``+inf`` entries propagate to ``+inf``.
+        Parameters
+        ----------
+        log_f
+            Log-integrand at the points, shape ``(N,)``; non-finite ``+inf`` entries propagate
+            to ``+inf``.
+
+        Returns
+        -------
+        value : torch.Tensor
+            :math:`\log\int e^{\log f}`, a 0-d tensor.
+        err : torch.Tensor
+            Its absolute error bar in log units, a 0-d tensor (grid: difference to the coarser
+            grid plus the edge mass; Monte Carlo: relative standard error).
         """
         a = log_f + self.log_weights
         value = torch.logsumexp(a, dim=-1)
@@ -94,7 +106,21 @@ class IntegrationRule:
         return value, err
 
     def integral(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        r""":math:`\int f` for values ``f`` of shape ``(..., N)`` and its error bar ``(...)``."""
+        r""":math:`\int f` and its error bar.
+
+        Parameters
+        ----------
+        f
+            Integrand values at the points, shape ``(..., N)``.
+
+        Returns
+        -------
+        value : torch.Tensor
+            :math:`\int f`, shape ``(...)``.
+        err : torch.Tensor
+            Its error bar, shape ``(...)`` (grid: difference to the coarser grid plus the edge
+            mass; Monte Carlo: standard error).
+        """
         w = torch.exp(self.log_weights)
         value = (f * w).sum(-1)
         if self.method == "grid":
@@ -122,8 +148,11 @@ class IntegrationRule:
 
         Returns
         -------
-        (value, err)
-            Shapes ``(k,)`` (or scalar) each.
+        value : torch.Tensor
+            :math:`E_p[F]`, shape ``(k,)`` (0-d for ``values`` of shape ``(N,)``).
+        err : torch.Tensor
+            Its error bar, same shape (grid: difference to the coarser grid plus the edge
+            mass; Monte Carlo: delta-method standard error of the ratio estimator).
         """
         a = log_u + self.log_weights
         p = torch.softmax(a, -1)

@@ -1,6 +1,6 @@
 r"""Training losses for score models: (weighted) denoising score matching.
 
-The reweighted form of MATH.md §4(a) minimises
+The reweighted form (primal form (a) of :ref:`the primal–dual algorithm <primal-dual>`) minimises
 :math:`\mathbb E_{x_0\sim p_0}[w(x_0)\,\ell_\theta(x_0)]`, whose minimiser is the exact noised
 score of :math:`w\,p_0` at every time; :func:`denoising_score_matching_loss` takes the
 per-sample weights :math:`w` directly.
@@ -125,8 +125,9 @@ def denoising_score_matching_loss(
         Random generator for ``t`` and the noise.
     weights
         Optional per-sample weights, shape ``(n,)``, finite (negative values are allowed for
-        the signed forward-KL loss of MATH.md §4(b)). For self-normalised importance weights
-        pass them normalised to mean one with ``reduction="mean"`` (or to sum one with
+        the signed forward-KL loss, primal form (b) of
+        :ref:`the primal–dual algorithm <primal-dual>`). For self-normalised importance
+        weights pass them normalised to mean one with ``reduction="mean"`` (or to sum one with
         ``reduction="sum"``).
     reduction
         ``"mean"`` (sum of weighted losses divided by ``n``, not by the weight sum),

@@ -13,11 +13,11 @@ and its score follows from the posterior-mean (Tweedie) identity
 .. math::
     \nabla_x\log p_t(x) = \frac{\alpha_t\,\mathbb E[x_0\mid x_t = x] - x}{\sigma_t^2}.
 
-The RU and LU targets (:class:`~dualdiff.GeometricTarget`) are exact only at ``t = 0``: at
-``t > 0`` their ``score`` is the *composed* (ESD-style) combination of noised scores, which
-is not the score of the noised target because powers and products do not commute with the
-convolution (MATH.md §3). :class:`ExactNoisedTarget` computes the true noised target on a
-grid, and :func:`composed_score_error` measures how far the composed field is from it.
+The RU and LU targets (:class:`~dualdiff.GeometricTarget`) are exact only at ``t = 0``: at ``t > 0``
+their ``score`` is the *composed* (ESD-style) combination of noised scores, which is not the score
+of the noised target because powers and products do not commute with the convolution (see
+:ref:`the diffusion view <diffusion-view>`). :class:`ExactNoisedTarget` computes the true noised
+target on a grid, and :func:`composed_score_error` measures how far the composed field is from it.
 """
 
 from __future__ import annotations
@@ -92,14 +92,17 @@ class ExactNoisedTarget:
         \sigma_t/\alpha_t \ \ge\ r\,h \qquad(r=\texttt{min\_kernel\_ratio}=1.25:\ \text{error}
         \lesssim 10^{-13}),
 
-    where :math:`h` is the largest grid spacing. Below that threshold (small ``t``, including
-    ``t = 0``) the zero-noise limit is returned instead:
+    where :math:`h` is the largest grid spacing. The switching time is :attr:`t_switch`.
+    Below that threshold (small ``t``) the kernel is narrower than :math:`r\,h` (about a tenth
+    of the smallest standard deviation with the default grid), and the Gaussian expectation
+    :math:`p_t(x) = \alpha_t^{-d}\,\mathbb E_{g\sim\mathcal N(x/\alpha_t,\,(\sigma_t/\alpha_t)^2 I)}
+    [p(g)]` is computed by Gauss–Hermite quadrature on the clean target's ``log_prob``
+    (``hermite_nodes`` nodes per coordinate). For kernel widths :math:`\sigma_t/\alpha_t` below
+    :math:`10^{-6}` (including ``t = 0``) the zero-noise limit is returned:
     :math:`\log p_t(x) \approx \log p(x/\alpha_t) - d\log\alpha_t` and
     :math:`s_t(x)\approx s_0(x/\alpha_t)/\alpha_t` (the clean target's exact ``log_prob`` and
-    score), whose error is :math:`O(\sigma_t^2/\alpha_t^2)` times the target's curvature —
-    at most a relative variance change of :math:`(r h/\mathrm{std})^2`, about 1% with the
-    default grid (12 points per standard deviation). The switching time is
-    :attr:`t_switch`. The result is accurate only for :math:`x/\alpha_t` inside the grid box.
+    score), whose error is :math:`O(\sigma_t^2/\alpha_t^2)` times the target's curvature. The
+    result is accurate only for :math:`x/\alpha_t` inside the grid box.
 
     Parameters
     ----------
@@ -123,6 +126,8 @@ class ExactNoisedTarget:
     min_kernel_ratio
         :math:`r` above: the convolution is used where the kernel width
         :math:`\sigma_t/\alpha_t` is at least ``r`` grid spacings.
+    hermite_nodes
+        Gauss–Hermite nodes per coordinate below the switching time (an int in ``[2, 64]``).
 
     Attributes
     ----------
@@ -134,6 +139,10 @@ class ExactNoisedTarget:
         Largest grid spacing :math:`h`.
     clean_mass
         :math:`\sum\omega\,p` on the grid (should be 1; checked to 1e-3 at construction).
+    t_switch
+        Smallest diffusion time at which the grid convolution is used, where
+        :math:`\sigma_t/\alpha_t = r\,h` (``inf`` if the kernel stays narrower up to ``t_max``);
+        earlier times use the Gauss–Hermite or zero-noise evaluation.
 
     Raises
     ------
@@ -145,9 +154,10 @@ class ExactNoisedTarget:
 
     Notes
     -----
-    Source: MATH.md §3 (the composed score is an approximation; the exact noised target can be
-    computed by numerical convolution in 1-D/2-D), for the RU/LU targets of Khalafi, Ribeiro &
-    Ding, *Unlearning in Diffusion Models* (ICML 2026, arXiv:2605.30825).
+    Source: :ref:`the diffusion view <diffusion-view>` (the composed score is an
+    approximation; the exact noised target can be computed by numerical convolution in 1-D/2-D), for
+    the RU/LU targets of Khalafi, Ribeiro & Ding, *Unlearning in Diffusion Models* (ICML 2026,
+    arXiv:2605.30825).
 
     Examples
     --------
@@ -255,6 +265,7 @@ class ExactNoisedTarget:
                 "bounds / extent, or check that target.log_prob is normalised"
             )
         self._cache: dict[torch.device, tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = {}
+        #: Smallest diffusion time at which the grid convolution is used (``inf`` if never).
         self.t_switch = self._switch_time()
 
     def __repr__(self) -> str:
@@ -616,8 +627,9 @@ def composed_score_error(
     Notes
     -----
     Multiplied by :math:`g(t)^2/2` and integrated over ``t`` this is the path-space KL
-    (Girsanov) between the reverse processes driven by the exact and the composed fields
-    (MATH.md §3), an upper bound on the KL between their samples up to the terminal term.
+    (Girsanov) between the reverse processes driven by the exact and the composed fields (see
+    :ref:`the diffusion view <diffusion-view>`), an upper bound on the KL between their samples up
+    to the terminal term.
     """
     owner = "composed_score_error"
     if not isinstance(n, int) or isinstance(n, bool) or n < 2:

@@ -1,7 +1,7 @@
 r"""Likelihood functionals :math:`\ell_i(x)` of unlearning distributions.
 
 A potential is what the exponential tilt :math:`p_\lambda \propto p_0^{a}\,e^{-\sum_i c_i
-\ell_i}` subtracts. Three kinds (MATH.md §1, LU):
+\ell_i}` subtracts (:doc:`/mathematics`, the LU problem). Three kinds:
 
 * :class:`LogLikelihood` — :math:`\ell = \log q` (the RU geometric reweighting and LU default);
 * :class:`DensityLikelihood` — :math:`\ell = q` (bounded tilt, leaves regions with

@@ -101,8 +101,12 @@ def prior_sample(
         ``(n, *event)``.
     schedule
         Noise schedule (gives :math:`\sigma_{t_{\max}}`).
-    generator, dtype, device
-        Randomness and placement of the draw.
+    generator
+        Random generator of the draw.
+    dtype
+        Dtype of the draw.
+    device
+        Device of the draw.
 
     Returns
     -------
@@ -254,8 +258,10 @@ def sample_sde(
         Number of Euler–Maruyama steps ``K``.
     generator
         Random generator for the prior draw and the Brownian increments.
-    dtype, device
-        Placement of the samples (default: float64 on the CPU, or those of ``x_init``).
+    dtype
+        Dtype of the samples (default: float64, or that of ``x_init``).
+    device
+        Device of the samples (default: the CPU, or that of ``x_init``).
     cond
         Optional condition passed to ``model.score``.
     x_init
@@ -376,15 +382,19 @@ def sample_ode(
         ``"dopri5"`` (default), ``"dopri8"``, ``"bosh3"``, ``"adaptive_heun"`` (adaptive,
         :func:`torchdiffeq.odeint` with ``rtol``/``atol``), or the fixed-step ``"euler"`` /
         ``"heun"`` (second-order) schemes on a uniform grid of ``steps`` steps.
-    rtol, atol
-        Tolerances of the adaptive solvers.
+    rtol
+        Relative tolerance of the adaptive solvers.
+    atol
+        Absolute tolerance of the adaptive solvers.
     steps
         Number of steps of the fixed-step schemes; for the adaptive ones, the number of
         intervals of the returned trajectory (when ``return_trajectory``).
     generator
         Random generator for the prior draw (the ODE itself is deterministic).
-    dtype, device
-        Placement of the samples (default: float64 on the CPU, or those of ``x_init``).
+    dtype
+        Dtype of the samples (default: float64, or that of ``x_init``).
+    device
+        Device of the samples (default: the CPU, or that of ``x_init``).
     cond
         Optional condition passed to ``model.score``.
     x_init

@@ -1,6 +1,6 @@
 r"""Closed-form optimal unlearned distributions, each a reweighting of the pretrained model.
 
-Two operators cover the three problems (MATH.md §1, §4a):
+Two operators cover the three problems (the closed-form targets of :doc:`/mathematics`):
 
 * :class:`GeometricTarget` — :math:`p_\lambda \propto p_0^{a}\exp(-\sum_i c_i\ell_i)`.
   RU: :math:`a = 1/(1-\Lambda)`, :math:`c_i=\lambda_i/(1-\Lambda)`, :math:`\ell_i=\log q_i`
@@ -144,7 +144,8 @@ class GeometricTarget(Target):
 
     Score at ``t = 0``: :math:`a\,s_0 - \sum_i c_i\nabla\ell_i`. At ``t > 0`` the same
     combination of *noised* quantities is returned — the composed (ESD-style) score, an
-    approximation: powers and products do not commute with noising (MATH.md §3).
+    approximation: powers and products do not commute with noising (see
+    :ref:`the diffusion view <diffusion-view>`).
 
     Parameters
     ----------

@@ -6,7 +6,8 @@ here calls the code under test to *produce* a reference: densities are evaluated
 :mod:`scipy.optimize`. The library's problems are only used as containers of the data
 (mixture parameters, levels, kind).
 
-Three kinds of references (MATH.md §1–2):
+Three kinds of references (for the problems, targets and duals of :doc:`/mathematics` and
+:ref:`strong duality <strong-duality>`):
 
 * **Closed forms.** :func:`retrain_reference` — FU with :math:`p_0=(1-a)q_r+a\,q` at
   :math:`\lambda=a` gives exactly the retrained model :math:`q_r`.
@@ -301,8 +302,12 @@ class GaussianReference:
         The library problem built from the same data (``m = 1``, ``d = 1``).
     kind
         ``"RU"`` or ``"LU"``.
-    s0, mu, s
-        Parameters of :math:`p_0` and :math:`q`.
+    s0
+        Standard deviation of :math:`p_0=\mathcal N(0,s_0^2)`.
+    mu
+        Mean of :math:`q=\mathcal N(\mu,s^2)`.
+    s
+        Standard deviation of :math:`q`.
     level
         :math:`b` (RU) or :math:`\tau` (LU).
     """
@@ -322,7 +327,7 @@ class GaussianReference:
 
     @property
     def upper(self) -> float:
-        """Supremum of the dual domain: ``min(1, s^2/s0^2)`` (RU), ``s^2/s0^2`` (LU)."""
+        """The supremum of the dual domain, ``min(1, s^2/s0^2)`` (RU) or ``s^2/s0^2`` (LU)."""
         r = self.s**2 / self.s0**2
         return min(1.0, r) if self.kind == "RU" else r
 
@@ -406,8 +411,12 @@ def gaussian_reference(
     ----------
     kind
         ``"RU"`` or ``"LU"``.
-    s0, mu, s
-        :math:`p_0=\mathcal N(0,s_0^2)`, :math:`q=\mathcal N(\mu,s^2)`.
+    s0
+        Standard deviation of :math:`p_0=\mathcal N(0,s_0^2)`.
+    mu
+        Mean of :math:`q=\mathcal N(\mu,s^2)`.
+    s
+        Standard deviation of :math:`q`.
     delta
         How far beyond the pretrained model's value the level is (``> 0``: active).
     integration
@@ -576,7 +585,7 @@ def discretise(
 
 @dataclass(frozen=True)
 class BruteForceResult:
-    """Result of :func:`brute_force_primal`.
+    r"""Result of :func:`brute_force_primal`.
 
     Attributes
     ----------
@@ -584,8 +593,12 @@ class BruteForceResult:
         Best primal value among the feasible local solutions (``inf`` if none is feasible).
     p
         The corresponding probability vector ``(n,)``.
-    constraint_values, slack
-        ``(m,)`` at ``p`` (slack >= 0 when satisfied).
+    constraint_values
+        Constraint values of ``p``, ``(m,)``: discrete KL divergences (RU, FU) or expected
+        likelihoods :math:`\ell_i^\top p` (LU).
+    slack
+        Slacks of ``p``, ``(m,)``: ``C - b`` (KL) or ``tau - C`` (LU), non-negative when the
+        constraint is satisfied.
     start
         Index of the winning start (0 is ``p0`` itself, then the Dirichlet starts).
     values
@@ -828,7 +841,9 @@ def _as_discrete(
 
 
 def _discrete_dual_value_grad(dp: DiscreteProblem, lam: np.ndarray) -> tuple[float, np.ndarray]:
-    r"""Dual value and Danskin gradient of the discrete problem (MATH.md §1 formulas, sums).
+    r"""Dual value and Danskin gradient of the discrete problem.
+
+    The formulas of :doc:`/mathematics`, with sums over the grid in place of integrals.
 
     RU: :math:`g=-(1-\Lambda)\log\sum_j u_j + \lambda^\top b`, :math:`\log u = (\log p_0 -
     \sum_i\lambda_i\log q_i)/(1-\Lambda)`, :math:`\nabla g = b - \mathrm{KL}(p_\lambda\|q_i)`.
@@ -1076,7 +1091,7 @@ def pretrained_value(kind: str, p0: GaussianMixture, q: GaussianMixture) -> floa
 
     RU: :math:`\mathrm{KL}(p_0\|q)`; FU: :math:`\mathrm{KL}(q\|p_0)`; LU:
     :math:`E_{p_0}[\log q]`. Levels that bind are on the far side of this value
-    (RU/FU: :math:`b > ` value; LU: :math:`\tau <` value).
+    (RU/FU: :math:`b` above it; LU: :math:`\tau` below it).
 
     Computed by the trapezoid rule on a fixed fine grid (``[-30, 30]`` with 6001 points in
     1-D, ``[-14, 14]^2`` with 281 points per axis in 2-D), so the mixtures must lie well

@@ -56,10 +56,12 @@ class DemoConfig:
         Samples per ODE-based estimate during training.
     final_samples
         Samples of the final ODE-based evaluation.
-    primal_lr, batch_size
-        Adam step size and batch of the reweighted denoising score-matching step. The step
-        size decays linearly to ``final_lr_fraction * primal_lr`` over the run, so the model
-        settles on the target of the converged multipliers.
+    primal_lr
+        Adam step size of the reweighted denoising score-matching step. It decays linearly to
+        ``final_lr_fraction * primal_lr`` over the run, so the model settles on the target of
+        the converged multipliers.
+    batch_size
+        Batch of the reweighted denoising score-matching step.
     final_lr_fraction
         See ``primal_lr``.
     dual_step

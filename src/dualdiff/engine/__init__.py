@@ -1,4 +1,4 @@
-r"""Primal-dual engine on Cooper (MATH.md §4).
+r"""Primal-dual engine on Cooper (see :ref:`the primal–dual algorithm <primal-dual>`).
 
 A Cooper :class:`~cooper.ConstrainedMinimizationProblem` is assembled from an unlearning
 problem and a trainable score model (:class:`UnlearningCMP`); its multipliers are projected

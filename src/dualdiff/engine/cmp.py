@@ -1,6 +1,6 @@
 r"""The Cooper constrained minimisation problem assembled from (unlearning problem, model).
 
-Design (MATH.md §4):
+Design (see :ref:`the primal–dual algorithm <primal-dual>`):
 
 * One Cooper :class:`~cooper.Constraint` named ``"unlearning"`` of type ``INEQUALITY`` holds
   all ``m`` constraints; its :class:`~dualdiff.engine.ProjectedMultiplier` keeps
@@ -81,7 +81,8 @@ class UnlearningCMPState(CMPState):
 
     recompute_loss: Callable[[], torch.Tensor | None] | None = None
 
-    def compute_primal_lagrangian(self) -> Any:  # noqa: D102
+    def compute_primal_lagrangian(self) -> Any:
+        """Recompute the loss first if the multipliers changed, then Cooper's primal Lagrangian."""
         if self.recompute_loss is not None:
             new = self.recompute_loss()
             if new is not None:

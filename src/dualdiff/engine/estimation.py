@@ -1,6 +1,7 @@
 r"""Model-based estimates of the objective and constraint values that drive the dual step.
 
-For the current model :math:`p_\theta` (MATH.md §4.2):
+For the current model :math:`p_\theta` (the dual step of
+:ref:`the primal–dual algorithm <primal-dual>`):
 
 * RU: :math:`C_i = \mathrm{KL}(p_\theta\|q_i) = E_{p_\theta}[\log p_\theta - \log q_i]`,
   objective :math:`\mathrm{KL}(p_\theta\|p_0)`;

@@ -106,7 +106,7 @@ class TrainingHistory:
 
     @property
     def estimates(self) -> list[dict[str, Any]]:
-        """Estimates with their step: ``{"step", "multipliers", **estimate}``."""
+        """Every estimate with its step and multipliers, ``{"step", "multipliers", **estimate}``."""
         return [
             {"step": r.step, "multipliers": r.multipliers, **r.estimate}
             for r in self.records

@@ -1,7 +1,8 @@
 r"""Lagrange multipliers that never leave the problem's dual domain.
 
 Cooper's :class:`~cooper.multipliers.DenseMultiplier` only clamps inequality multipliers at
-zero after each dual step. The unlearning duals have smaller domains (MATH.md §1, §4.2):
+zero after each dual step. The unlearning duals have smaller domains (the dual domains of
+:doc:`/mathematics` and the projected dual step of :ref:`the primal–dual algorithm <primal-dual>`):
 
 * RU: :math:`\lambda \ge 0`, :math:`\Lambda = \sum_i\lambda_i < 1` (and the geometric tilt
   normalisable);
@@ -217,8 +218,8 @@ class ProjectedMultiplier(DenseMultiplier):
     After every dual step Cooper calls :meth:`post_step_`; instead of Cooper's
     :math:`\max(0,\lambda)` it applies :class:`DualDomainProjection`. A dual step therefore
     computes :math:`\lambda \leftarrow \Pi_{\mathcal D}(\lambda + \eta\,\hat c)` with
-    :math:`\hat c` the estimated violations (MATH.md §4.2), however large the step
-    :math:`\eta` is.
+    :math:`\hat c` the estimated violations (the dual step of
+    :ref:`the primal–dual algorithm <primal-dual>`), however large the step :math:`\eta` is.
 
     Parameters
     ----------
@@ -256,7 +257,8 @@ class ProjectedMultiplier(DenseMultiplier):
         self.projection = projection
         self._projected: torch.Tensor | None = None
 
-    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """Load the multipliers like ``torch.nn.Module.load_state_dict``; clear the cache."""
         self._projected = None
         return super().load_state_dict(*args, **kwargs)
 

@@ -148,13 +148,17 @@ def build_constrained_optimizer(
     primal_optimizer
         ``"adam"`` or ``"sgd"`` (Cooper's ``ExtraAdam`` / ``ExtraSGD`` for
         ``"extragradient"``), or a factory ``fn(params, lr=...) -> torch.optim.Optimizer``.
-    primal_lr, dual_lr
-        Step sizes.
+    primal_lr
+        Step size of the primal optimiser.
+    dual_lr
+        Step size of the dual optimiser.
     dual_optimizer
         ``"sgd"`` (projected gradient ascent; ``ExtraSGD`` for extragradient) or ``"nupi"``
         (:class:`cooper.optim.nuPI`, options ``Kp``, ``Ki``, ``ema_nu`` in ``dual_options``).
-    primal_options, dual_options
-        Extra keyword arguments of the optimisers.
+    primal_options
+        Extra keyword arguments of the primal optimiser.
+    dual_options
+        Extra keyword arguments of the dual optimiser.
     guard
         Called before every primal (extrapolation) step.
 

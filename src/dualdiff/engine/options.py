@@ -30,16 +30,16 @@ __all__ = [
 ]
 
 PrimalName = Literal["reweighted_dsm", "composed", "sampler"]
-"""Primal step forms (MATH.md §4.1 (a), (b), (c))."""
+"""Primal step forms (a), (b), (c) of :ref:`the primal–dual algorithm <primal-dual>`."""
 FormulationName = Literal["lagrangian", "augmented_lagrangian"]
-"""Cooper formulations: :class:`cooper.formulations.Lagrangian` and
+"""The Cooper formulations :class:`cooper.formulations.Lagrangian` and
 :class:`cooper.formulations.AugmentedLagrangian`."""
 OptimizerName = Literal["simultaneous", "alternating", "alternating_dual_primal", "extragradient"]
-"""Cooper constrained optimisers: ``SimultaneousOptimizer``, ``AlternatingPrimalDualOptimizer``
+"""The Cooper constrained optimisers ``SimultaneousOptimizer``, ``AlternatingPrimalDualOptimizer``
 (``"alternating"``), ``AlternatingDualPrimalOptimizer`` and
 ``ExtrapolationConstrainedOptimizer``."""
 DualOptimizerName = Literal["sgd", "nupi"]
-"""Dual optimisers: projected gradient ascent or Cooper's :class:`~cooper.optim.nuPI`."""
+"""The dual optimisers, projected gradient ascent or Cooper's :class:`~cooper.optim.nuPI`."""
 PrimalOptimizerName = Literal["adam", "sgd"]
 """Primal optimisers (``ExtraAdam`` / ``ExtraSGD`` for the extragradient optimiser)."""
 

@@ -1,4 +1,7 @@
-r"""Primal step forms of the primal-dual algorithm (MATH.md §4.1).
+r"""Primal step forms of the primal-dual algorithm.
+
+These are the primal step forms (a), (b) and (c) of
+:ref:`the primal–dual algorithm <primal-dual>`.
 
 Each form is a small class with :meth:`PrimalForm.sample_batch` (all randomness of one
 step, drawn from the trainer's generator so that a step is a deterministic function of
@@ -6,16 +9,17 @@ step, drawn from the trainer's generator so that a step is a deterministic funct
 batch, :meth:`PrimalForm.primal_loss`.
 
 How the multiplier reaches the primal gradient. Cooper's primal Lagrangian is
-:math:`f(\theta) + \lambda^\top g(\theta)` with :math:`\lambda` detached. That is right for
-the sampler form (c), whose constraint estimate is differentiable in :math:`\theta`: the form
-returns the differentiable violation and Cooper adds :math:`\lambda^\top g`. For the
-reweighted (a) and composed (b) forms the multiplier enters through the *training target*
-(weights :math:`w_\lambda`, or the composed score of :math:`p_\lambda`): for fixed
-:math:`\lambda` the minimiser of their loss is the minimiser of the Lagrangian
-:math:`\mathcal L(p,\lambda)` over distributions (MATH.md §1, §4a), so their loss *is* the primal
-Lagrangian up to terms constant in :math:`\theta`. They report no differentiable violation,
-and the engine marks the constraint ``contributes_to_primal_update=False`` so that Cooper does
-not add :math:`\lambda^\top g` a second time.
+:math:`f(\theta) + \lambda^\top g(\theta)` with :math:`\lambda` detached. That is right for the
+sampler form (c), whose constraint estimate is differentiable in :math:`\theta`: the form returns
+the differentiable violation and Cooper adds :math:`\lambda^\top g`. For the reweighted (a) and
+composed (b) forms the multiplier enters through the *training target* (weights :math:`w_\lambda`,
+or the composed score of :math:`p_\lambda`): for fixed :math:`\lambda` the minimiser of their loss
+is the minimiser of the Lagrangian :math:`\mathcal L(p,\lambda)` over distributions (the closed-form
+targets of :doc:`/mathematics`, and primal form (a) of
+:ref:`the primal–dual algorithm <primal-dual>`), so their loss *is* the primal Lagrangian up to
+terms constant in :math:`\theta`. They report no differentiable violation, and the engine marks the
+constraint ``contributes_to_primal_update=False`` so that Cooper does not add :math:`\lambda^\top g`
+a second time.
 """
 
 from __future__ import annotations
@@ -300,7 +304,8 @@ class ComposedScoreMatching(PrimalForm):
     r"""(b) Composed-score matching (ESD-style) and, for FU, the signed denoising loss.
 
     RU and LU: regress the model's noise prediction on the frozen target's *composed* noised
-    score (exact at :math:`t=0`, an approximation for :math:`t>0`; MATH.md §3):
+    score (exact at :math:`t=0`, an approximation for :math:`t>0`; see
+    :ref:`the diffusion view <diffusion-view>`):
 
     .. math::
         \mathcal J(\theta;\lambda) = E\,\big\|\hat\varepsilon_\theta(x_t,t)
@@ -308,7 +313,8 @@ class ComposedScoreMatching(PrimalForm):
         x_t = \alpha_t x_0+\sigma_t\varepsilon,\ x_0\sim p_0 .
 
     FU: the signed denoising loss, whose minimiser over score functions is the exact noised
-    score of :math:`p_\lambda` (MATH.md §1, FU training form):
+    score of :math:`p_\lambda` (primal form (b) of
+    :ref:`the primal–dual algorithm <primal-dual>`):
 
     .. math::
         \mathcal J(\theta;\lambda) = \frac{E_{p_0}[\ell_\theta] - \sum_i\lambda_i
@@ -404,7 +410,7 @@ class SamplerLagrangian(PrimalForm):
     violations added by Cooper as :math:`\lambda^\top g(\theta)` are
 
     * LU: :math:`g_i = \frac1n\sum_j \ell_i(x^{(j)}_K) - \tau_i` (the authors' practice,
-      MATH.md §1 LU);
+      primal form (c) of :ref:`the primal–dual algorithm <primal-dual>`);
     * RU: :math:`g_i = b_i - \widehat{\mathrm{KL}}(\mathbb P_\theta\|\mathbb P_{q_i})` with the
       same path estimator against the score of :math:`q_i` (a path-measure surrogate of
       :math:`\mathrm{KL}(p_\theta\|q_i)`).

@@ -1,4 +1,4 @@
-r"""The primal-dual trainer: MATH.md §4 on top of Cooper.
+r"""The primal-dual trainer: :ref:`the primal–dual algorithm <primal-dual>` on top of Cooper.
 
 .. math::
     \theta \leftarrow \text{primal step on } \mathcal J(\theta;\lambda),\qquad
@@ -115,8 +115,10 @@ class PrimalDualTrainer:
         ``"sgd"`` (projected gradient ascent) or ``"nupi"`` (Cooper's nuPI controller).
     primal_optimizer
         ``"adam"`` (default) or ``"sgd"``, or a factory ``fn(params, lr=...)``.
-    primal_lr, dual_lr
-        Step sizes.
+    primal_lr
+        Step size of the primal optimiser.
+    dual_lr
+        Step size of the dual optimiser.
     batch_size
         Samples per primal step.
     pretrained_data
@@ -151,14 +153,41 @@ class PrimalDualTrainer:
         Initial multipliers ``(m,)`` (default zeros).
     primal_options
         Extra options of the primal form (sampler: ``steps``, ``reference``).
-    primal_optimizer_options, dual_optimizer_options
-        Extra keyword arguments of the optimisers (e.g. nuPI's ``Kp``, ``Ki``, ``ema_nu``).
+    primal_optimizer_options
+        Extra keyword arguments of the primal optimiser.
+    dual_optimizer_options
+        Extra keyword arguments of the dual optimiser (e.g. nuPI's ``Kp``, ``Ki``, ``ema_nu``).
     callbacks
         ``callback(trainer, record)`` after every step; returning ``True`` stops :meth:`fit`.
     seed
         Seed of the trainer's own generator (batches, noise, estimates).
     device
         Device of batches and multipliers (default: the model's).
+
+    Attributes
+    ----------
+    history
+        :class:`~dualdiff.engine.TrainingHistory` of every step taken (cumulative over
+        :meth:`fit` calls; skipped steps included).
+    problem
+        The unlearning problem.
+    model
+        The score model being trained.
+    module
+        The ``nn.Module`` whose ``state_dict`` is the model's trainable state (``model`` itself,
+        or its ``.module``).
+    form
+        The primal step form (a :class:`~dualdiff.engine.PrimalForm`).
+    estimator
+        The constraint estimator, ``estimator(model, generator)``.
+    projection
+        The :class:`~dualdiff.engine.DualDomainProjection` applied after every dual step.
+    cmp
+        The Cooper problem, an :class:`~dualdiff.engine.UnlearningCMP`.
+    constrained_optimizer
+        The Cooper constrained optimiser that performs each step.
+    generator
+        The trainer's random generator (seeded with ``seed``).
 
     Notes
     -----
@@ -307,6 +336,8 @@ class PrimalDualTrainer:
             dual_options=dual_optimizer_options,
             guard=self._guard,
         )
+        #: :class:`~dualdiff.engine.TrainingHistory` of every step taken (cumulative over
+        #: :meth:`fit` calls; skipped steps included).
         self.history = TrainingHistory()
         self._step = 0
         self._grad_norm: float | None = None

@@ -2,7 +2,8 @@ r"""Gaussian mixtures: exact density, score and samples at every diffusion time.
 
 Under the VP forward process :math:`x_t=\alpha_t x_0+\sigma_t\varepsilon` a mixture
 :math:`\sum_k w_k\,\mathcal N(\mu_k,\Sigma_k)` stays a mixture with components
-:math:`\mathcal N(\alpha_t\mu_k,\ \alpha_t^2\Sigma_k+\sigma_t^2 I)` (MATH.md §3).
+:math:`\mathcal N(\alpha_t\mu_k,\ \alpha_t^2\Sigma_k+\sigma_t^2 I)`
+(see :ref:`the diffusion view <diffusion-view>`).
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ class GaussianMixture:
     schedule
         Forward noise schedule used by :meth:`score` and :meth:`noised` (default
         :class:`~dualdiff.models.VPSchedule`).
-    dtype, device
-        Storage dtype (default float64 for non-tensor input, else the tensor's dtype) and
-        device.
+    dtype
+        Storage dtype (default float64 for non-tensor input, else the tensor's dtype).
+    device
+        Storage device.
 
     Notes
     -----
@@ -320,11 +322,15 @@ class GaussianMixture:
 
         Returns
         -------
-        (comp, scores)
+        comp : torch.Tensor
             ``comp[..., k]`` :math:`= \log w_k + \log\mathcal N(x;\alpha_t\mu_k,
-            \alpha_t^2\Sigma_k+\sigma_t^2I)`, shape ``(..., K)``; ``scores[..., k, :]`` the
-            component scores, shape ``(..., K, d)``. Uses the covariance eigendecomposition
-            (differentiable in ``x``).
+            \alpha_t^2\Sigma_k+\sigma_t^2I)`, shape ``(..., K)``.
+        scores : torch.Tensor
+            ``scores[..., k, :]`` the score of component ``k``, shape ``(..., K, d)``.
+
+        Notes
+        -----
+        Uses the covariance eigendecomposition (differentiable in ``x``).
         """
         x = self._check_x(x, "components_at").to(self.dtype)
         t = torch.as_tensor(t, dtype=self.dtype, device=self.device)

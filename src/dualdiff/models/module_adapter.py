@@ -30,7 +30,7 @@ from .schedule import NoiseSchedule, VPSchedule
 __all__ = ["MLPScoreNet", "ModuleScoreModel", "TimeInput"]
 
 TimeInput = Literal["t", "log_snr", "sigma"]
-"""What the wrapped module receives as its time argument: the diffusion time ``"t"``, the
+"""What the wrapped module receives as its time argument, the diffusion time ``"t"``, the
 log signal-to-noise ratio :math:`\\log(\\alpha_t^2/\\sigma_t^2)` ``"log_snr"`` or the noise
 scale :math:`\\sigma_t` ``"sigma"``."""
 
@@ -48,8 +48,8 @@ class ModuleScoreModel:
     .. math::
         s_\theta(x, t) = -\frac{\hat\varepsilon_\theta(x, t)}{\sigma_t},
 
-    where :math:`\hat\varepsilon_\theta` is recovered from the raw prediction
-    (:mod:`dualdiff.models.parametrization`).
+    where :math:`\hat\varepsilon_\theta` is recovered from the raw prediction (see
+    :doc:`/backends`, converting predictions to scores).
 
     Parameters
     ----------

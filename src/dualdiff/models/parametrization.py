@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 Prediction = Literal["eps", "x0", "v", "score"]
-"""What a network predicts: noise ``"eps"``, clean sample ``"x0"``, velocity ``"v"`` or
+"""What a network predicts, noise ``"eps"``, clean sample ``"x0"``, velocity ``"v"`` or
 ``"score"``."""
 
 PREDICTIONS: tuple[Prediction, ...] = get_args(Prediction)
@@ -94,10 +94,14 @@ def eps_to_x0(
 
     Parameters
     ----------
-    eps, x_t
-        Noise prediction and noisy input, shape ``(n, *event)``.
-    alpha, sigma
-        Schedule coefficients broadcastable to ``x_t``.
+    eps
+        Noise prediction, shape ``(n, *event)``.
+    x_t
+        Noisy input, shape ``(n, *event)``.
+    alpha
+        :math:`\alpha_t`, broadcastable to ``x_t`` (e.g. ``(n, 1, ..., 1)``).
+    sigma
+        :math:`\sigma_t`, broadcastable to ``x_t``.
     """
     return (x_t - sigma * eps) / alpha
 
@@ -109,10 +113,14 @@ def x0_to_eps(
 
     Parameters
     ----------
-    x0, x_t
-        Clean-sample prediction and noisy input, shape ``(n, *event)``.
-    alpha, sigma
-        Schedule coefficients broadcastable to ``x_t``.
+    x0
+        Clean-sample prediction, shape ``(n, *event)``.
+    x_t
+        Noisy input, shape ``(n, *event)``.
+    alpha
+        :math:`\alpha_t`, broadcastable to ``x_t`` (e.g. ``(n, 1, ..., 1)``).
+    sigma
+        :math:`\sigma_t`, broadcastable to ``x_t``.
     """
     return (x_t - alpha * x0) / sigma
 
@@ -126,10 +134,14 @@ def v_to_eps(
 
     Parameters
     ----------
-    v, x_t
-        Velocity prediction and noisy input, shape ``(n, *event)``.
-    alpha, sigma
-        Schedule coefficients broadcastable to ``x_t``.
+    v
+        Velocity prediction, shape ``(n, *event)``.
+    x_t
+        Noisy input, shape ``(n, *event)``.
+    alpha
+        :math:`\alpha_t`, broadcastable to ``x_t`` (e.g. ``(n, 1, ..., 1)``).
+    sigma
+        :math:`\sigma_t`, broadcastable to ``x_t``.
     """
     return (alpha * v + sigma * x_t) / (alpha**2 + sigma**2)
 
@@ -143,10 +155,14 @@ def v_to_x0(
 
     Parameters
     ----------
-    v, x_t
-        Velocity prediction and noisy input, shape ``(n, *event)``.
-    alpha, sigma
-        Schedule coefficients broadcastable to ``x_t``.
+    v
+        Velocity prediction, shape ``(n, *event)``.
+    x_t
+        Noisy input, shape ``(n, *event)``.
+    alpha
+        :math:`\alpha_t`, broadcastable to ``x_t`` (e.g. ``(n, 1, ..., 1)``).
+    sigma
+        :math:`\sigma_t`, broadcastable to ``x_t``.
     """
     return (alpha * x_t - sigma * v) / (alpha**2 + sigma**2)
 
@@ -161,10 +177,14 @@ def eps_to_v(
 
     Parameters
     ----------
-    eps, x_t
-        Noise prediction and noisy input, shape ``(n, *event)``.
-    alpha, sigma
-        Schedule coefficients broadcastable to ``x_t``.
+    eps
+        Noise prediction, shape ``(n, *event)``.
+    x_t
+        Noisy input, shape ``(n, *event)``.
+    alpha
+        :math:`\alpha_t`, broadcastable to ``x_t`` (e.g. ``(n, 1, ..., 1)``).
+    sigma
+        :math:`\sigma_t`, broadcastable to ``x_t``.
     """
     return alpha * eps - sigma * eps_to_x0(eps, x_t, alpha, sigma)
 
@@ -179,10 +199,14 @@ def x0_to_v(
 
     Parameters
     ----------
-    x0, x_t
-        Clean-sample prediction and noisy input, shape ``(n, *event)``.
-    alpha, sigma
-        Schedule coefficients broadcastable to ``x_t``.
+    x0
+        Clean-sample prediction, shape ``(n, *event)``.
+    x_t
+        Noisy input, shape ``(n, *event)``.
+    alpha
+        :math:`\alpha_t`, broadcastable to ``x_t`` (e.g. ``(n, 1, ..., 1)``).
+    sigma
+        :math:`\sigma_t`, broadcastable to ``x_t``.
     """
     return alpha * x0_to_eps(x0, x_t, alpha, sigma) - sigma * x0
 
@@ -263,14 +287,18 @@ def to_eps(
     sigma: torch.Tensor,
     prediction: Prediction,
 ) -> torch.Tensor:
-    """Noise prediction from ``pred`` of kind ``prediction`` (coefficients already broadcast).
+    r"""Noise prediction from ``pred`` of kind ``prediction`` (coefficients already broadcast).
 
     Parameters
     ----------
-    pred, x_t
-        Network output and noisy input, shape ``(n, *event)``.
-    alpha, sigma
-        Schedule coefficients broadcastable to ``x_t``.
+    pred
+        Network output, shape ``(n, *event)``.
+    x_t
+        Noisy input, shape ``(n, *event)``.
+    alpha
+        :math:`\alpha_t`, broadcastable to ``x_t`` (e.g. ``(n, 1, ..., 1)``).
+    sigma
+        :math:`\sigma_t`, broadcastable to ``x_t``.
     prediction
         One of ``"eps"``, ``"x0"``, ``"v"``, ``"score"``.
     """
@@ -291,14 +319,18 @@ def from_eps(
     sigma: torch.Tensor,
     prediction: Prediction,
 ) -> torch.Tensor:
-    """Inverse of :func:`to_eps`: the ``prediction``-kind output equivalent to ``eps``.
+    r"""Inverse of :func:`to_eps`: the ``prediction``-kind output equivalent to ``eps``.
 
     Parameters
     ----------
-    eps, x_t
-        Noise prediction and noisy input, shape ``(n, *event)``.
-    alpha, sigma
-        Schedule coefficients broadcastable to ``x_t``.
+    eps
+        Noise prediction, shape ``(n, *event)``.
+    x_t
+        Noisy input, shape ``(n, *event)``.
+    alpha
+        :math:`\alpha_t`, broadcastable to ``x_t`` (e.g. ``(n, 1, ..., 1)``).
+    sigma
+        :math:`\sigma_t`, broadcastable to ``x_t``.
     prediction
         One of ``"eps"``, ``"x0"``, ``"v"``, ``"score"``.
     """
@@ -398,14 +430,18 @@ def convert(
 
     Parameters
     ----------
-    pred, x_t
-        Network output and noisy input, shape ``(n, *event)``.
+    pred
+        Network output, shape ``(n, *event)``.
+    x_t
+        Noisy input, shape ``(n, *event)``.
     t
         Float or tensor broadcastable to ``(n,)``; clamped into ``[t_min, t_max]``.
     schedule
         Noise schedule.
-    source, target
-        Each one of ``"eps"``, ``"x0"``, ``"v"``, ``"score"``.
+    source
+        Kind of ``pred``: one of ``"eps"``, ``"x0"``, ``"v"``, ``"score"``.
+    target
+        Kind of the result: one of ``"eps"``, ``"x0"``, ``"v"``, ``"score"``.
     """
     check_choice(source, "source", "convert", PREDICTIONS)
     check_choice(target, "target", "convert", PREDICTIONS)

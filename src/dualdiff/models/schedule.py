@@ -51,11 +51,15 @@ class VPSchedule:
 
     Parameters
     ----------
-    beta_min, beta_max
-        Endpoints of the linear :math:`\beta` schedule (``0 < beta_min <= beta_max``).
-    t_min, t_max
-        Time range the schedule may be queried on; times outside are clamped by
+    beta_min
+        :math:`\beta(0)`, the start of the linear :math:`\beta` schedule (``> 0``).
+    beta_max
+        :math:`\beta(1)`, its end (``>= beta_min``).
+    t_min
+        Smallest time the schedule may be queried on; smaller times are clamped by
         :meth:`clamp`. ``t_min > 0`` keeps :math:`\sigma_t > 0` for samplers.
+    t_max
+        Largest time the schedule may be queried on; larger times are clamped by :meth:`clamp`.
     """
 
     def __init__(

@@ -38,7 +38,7 @@ class UnlearningProblem:
     float64 from tables of log-densities evaluated once on the rule's points.
     """
 
-    #: Short name: "RU", "FU" or "LU".
+    #: Short name of the problem, "RU", "FU" or "LU".
     kind: str = ""
 
     def __init__(
@@ -101,7 +101,10 @@ class UnlearningProblem:
 
     @property
     def tables(self) -> dict[str, torch.Tensor]:
-        """Log-densities on the rule: ``log_p0`` ``(N,)``, ``log_q`` ``(m, N)`` and extras."""
+        """The log-density tables on the rule's points.
+
+        ``log_p0`` ``(N,)``, ``log_q`` ``(m, N)`` and the problem's extra tables.
+        """
         if self._tables is None:
             with torch.no_grad():
                 x = self.rule.points
@@ -289,10 +292,14 @@ class UnlearningProblem:
         ----------
         lam
             Multipliers ``(m,)`` in the dual domain.
-        objective, objective_error
-            Estimated :math:`f(p)` and its standard error.
-        constraint_values, constraint_errors
-            Estimated :math:`C_i(p)` ``(m,)`` and their standard errors ``(m,)``.
+        objective
+            Estimated :math:`f(p)`.
+        objective_error
+            Standard error of ``objective``.
+        constraint_values
+            Estimated :math:`C_i(p)`, ``(m,)``.
+        constraint_errors
+            Standard errors of ``constraint_values``, ``(m,)``.
         method
             Label of the estimation method (reported in the certificate).
         """

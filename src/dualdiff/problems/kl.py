@@ -1,6 +1,6 @@
 r"""KL-constrained unlearning: reverse (concept, RU) and forward (data, FU) directions.
 
-RU (MATH.md §1):
+The problems and their duals are those of :doc:`/mathematics`. RU:
 
 .. math::
     \min_p \mathrm{KL}(p\|p_0)\ \text{s.t.}\ \mathrm{KL}(p\|q_i)\ge b_i,\qquad

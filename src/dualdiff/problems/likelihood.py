@@ -1,4 +1,4 @@
-r"""Likelihood-constrained unlearning (LU), MATH.md §1.
+r"""Likelihood-constrained unlearning (LU); see :doc:`/mathematics`.
 
 .. math::
     \min_p \mathrm{KL}(p\|p_0)\ \text{s.t.}\ E_{x\sim p}[\ell_i(x)]\le\tau_i,\qquad
