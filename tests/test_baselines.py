@@ -96,9 +96,9 @@ def test_conversion_errors():
 RU = KLConstrainedProblem(P0, [Q], bounds=[7.0])
 
 
-# eta = 1.5 moves the target's mass to x ~ -8 (exponent -x^2/2 - 8x): the default grid
-# ([-12, 12], 10 std beyond the component means) would truncate 3e-5 of it, so that case
-# uses a wider grid.
+# eta = 1.5 moves the target's mass to x ~ -8 (exponent -x^2/2 - 8x): a fixed grid on
+# [-12, 12] (10 std beyond the component means) truncates 3e-5 of it. target() widens
+# automatic grids when needed; an explicit wide grid keeps this check independent of that.
 RU_WIDE = KLConstrainedProblem(P0, [Q], bounds=[7.0], integration=GridQuadrature(extent=20.0))
 
 
