@@ -7,6 +7,16 @@ Likelihood Constraints* (Khalafi, Ribeiro & Ding, ICML 2026, arXiv:2605.30825).
 from importlib.metadata import PackageNotFoundError, version
 
 from ._errors import DualdiffError, DualDomainError, IllPosedProblemError, NonFiniteError
+from .baselines import (
+    ESD,
+    SISS,
+    FixedWeightTrainer,
+    esd_eta,
+    esd_lambda,
+    neggrad_lambda,
+    neggrad_loss,
+    train_fixed_weight,
+)
 from .duality import Certificate, DualSolution
 from .engine import (
     ConstraintEstimate,
@@ -48,6 +58,8 @@ except PackageNotFoundError:  # pragma: no cover - source tree without installat
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "ESD",
+    "SISS",
     "CallableLikelihood",
     "Certificate",
     "ConstraintEstimate",
@@ -60,6 +72,7 @@ __all__ = [
     "EngineConfigurationError",
     "Estimate",
     "ExactNoisedTarget",
+    "FixedWeightTrainer",
     "ForwardKLProblem",
     "GaussianMixture",
     "GeometricTarget",
@@ -90,9 +103,14 @@ __all__ = [
     "composed_score_error",
     "denoising_score_matching_loss",
     "elbo",
+    "esd_eta",
+    "esd_lambda",
     "kl_estimate",
+    "neggrad_lambda",
+    "neggrad_loss",
     "ode_log_likelihood",
     "path_kl",
     "sample_ode",
     "sample_sde",
+    "train_fixed_weight",
 ]

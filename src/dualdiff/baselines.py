@@ -1,4 +1,4 @@
-r"""Weight-based unlearning baselines as fixed-multiplier special cases (MATH.md §5).
+r"""Weight-based unlearning baselines as fixed-multiplier special cases (see :doc:`/baselines`).
 
 The usual unlearning baselines for diffusion models use *the same operators* as the
 constrained problems, with the multiplier set by hand instead of by duality. This module
@@ -80,7 +80,7 @@ def esd_lambda(eta: Any, anchor: Anchor = "unconditional") -> torch.Tensor:
         s_{\mathrm{ESD}} = s_0 + \sum_i \eta_i\,(s_0 - s_i),
 
     which is the RU target score :math:`s_\lambda = (s_0 - \sum_i\lambda_i s_i)/(1-\Lambda)`
-    (MATH.md §1) for
+    (:doc:`/mathematics`) for
 
     .. math::
         \lambda_i = \frac{\eta_i}{1+\sum_j\eta_j},\qquad \Lambda = \frac{\sum_j\eta_j}
@@ -136,7 +136,8 @@ def esd_eta(lam: Any, anchor: Anchor = "unconditional") -> torch.Tensor:
         \eta_i = \frac{\lambda_i}{1-\Lambda}\quad(\text{unconditional anchor}),\qquad
         \eta = \frac{1}{1-\lambda}\quad(\text{conditional anchor, one concept}).
 
-    These are the coefficients of :math:`(s_0 - s_i)` in the RU target score (MATH.md §1).
+    These are the coefficients of :math:`(s_0 - s_i)` in the RU target score
+    (:doc:`/mathematics`).
 
     Parameters
     ----------
@@ -193,8 +194,9 @@ def ESD(problem: Any, eta: Any, anchor: Anchor = "unconditional") -> GeometricTa
 
     i.e. ``problem.target(esd_lambda(eta))``. Its ``score(x, t)`` at :math:`t>0` is the
     *composed* score :math:`s_{0,t} + \sum_i\eta_i(s_{0,t}-s_{i,t})` of the noised models —
-    exactly what ESD regresses on, and only an approximation of the noised target (MATH.md
-    §3; :class:`~dualdiff.ExactNoisedTarget` gives the exact one in low dimension).
+    exactly what ESD regresses on, and only an approximation of the noised target
+    (:ref:`diffusion-view`; :class:`~dualdiff.ExactNoisedTarget` gives the exact one in low
+    dimension).
 
     Parameters
     ----------
@@ -266,7 +268,7 @@ def SISS(problem: Any, lam: Any) -> SignedMixtureTarget:
     .. math::
         p_\lambda = \frac{p_0 - \sum_i\lambda_i q_i}{1-\Lambda}
 
-    at *every* diffusion time (mixtures commute with noising; MATH.md §1 FU), provided
+    at *every* diffusion time (mixtures commute with noising; :ref:`diffusion-view`), provided
     :math:`\lambda` lies in FU's domain (:math:`p_0-\sum_i\lambda_iq_i\ge0`, for one forget set
     :math:`\lambda\le\lambda_{\max}=\operatorname{ess\,inf}p_0/q`). This returns
     ``problem.target(lam)``. With a pretraining mixture :math:`p_0=(1-a)\,q_r+a\,q` and
@@ -346,7 +348,7 @@ def neggrad_loss(
     :math:`\nu` = ``forget_weight``. Without retain samples (``x_retain=None``) it is pure
     NegGrad, :math:`-\nu\,\overline{\ell_\theta}(x^f)`.
 
-    Relation to FU (MATH.md §1): if :math:`p_0=(1-a)q_r+a\,q` the population loss is, up to
+    Relation to FU (:doc:`/mathematics`): if :math:`p_0=(1-a)q_r+a\,q` the population loss is, up to
     the positive factor :math:`\mu/(1-a)`, FU's Lagrangian at
     :math:`\lambda = a + \nu(1-a)/\mu` (:func:`neggrad_lambda`). Whenever the retained data
     do not cover the forget data (:math:`\lambda_{\max} = a`), every :math:`\nu>0` asks for
@@ -427,7 +429,7 @@ def neggrad_lambda(weight: float, forget_fraction: float, forget_weight: float =
     .. math::
         \lambda = a + \frac{\nu\,(1-a)}{\mu},
 
-    for a pretraining mixture :math:`p_0 = (1-a)\,q_r + a\,q` (MATH.md §1 FU; the docs page
+    for a pretraining mixture :math:`p_0 = (1-a)\,q_r + a\,q` (:doc:`/mathematics`; the docs page
     *Baselines as fixed multipliers*). :math:`\nu = 0` (retain-only fine-tuning, "naive
     deletion") gives :math:`\lambda = a`, the model retrained without the forget data.
 
