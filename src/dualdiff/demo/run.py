@@ -125,6 +125,21 @@ def _linear_lr_decay(lr0: float, final_fraction: float, steps: int) -> Any:
     return callback
 
 
+def _ode_estimator(
+    prob: UnlearningProblem, n: int, tol: float, *, objective: bool
+) -> ConstraintEstimator:
+    """Model-based estimates from probability-flow-ODE samples and likelihoods."""
+    ode = {"rtol": tol, "atol": tol}
+    return ConstraintEstimator(
+        prob,
+        method="ode",
+        n_samples=n,
+        estimate_objective=objective,
+        ode_kwargs=ode,
+        sampler_kwargs=ode,
+    )
+
+
 def _mean(xs: list[float]) -> float:
     return sum(xs) / max(len(xs), 1)
 
@@ -145,14 +160,7 @@ def run_problem(
     model = copy.deepcopy(pretrained)
     for p in model.parameters():
         p.requires_grad_(True)
-    estimator = ConstraintEstimator(
-        prob,
-        method="ode",
-        n_samples=cfg.estimate_samples,
-        estimate_objective=False,
-        ode_kwargs={"rtol": 1e-4, "atol": 1e-4},
-        sampler_kwargs={"rtol": 1e-4, "atol": 1e-4},
-    )
+    estimator = _ode_estimator(prob, cfg.estimate_samples, 1e-4, objective=False)
     trainer = PrimalDualTrainer(
         prob,
         model,
@@ -170,14 +178,7 @@ def run_problem(
     tail = history.records[-n_avg:]
     lam_trained = [_mean([r.multipliers[i] for r in tail]) for i in range(prob.m)]
     # final model-based evaluation with more samples, objective included
-    final_est = ConstraintEstimator(
-        prob,
-        method="ode",
-        n_samples=cfg.final_samples,
-        estimate_objective=True,
-        ode_kwargs={"rtol": 1e-5, "atol": 1e-5},
-        sampler_kwargs={"rtol": 1e-5, "atol": 1e-5},
-    )
+    final_est = _ode_estimator(prob, cfg.final_samples, 1e-5, objective=True)
     gen = torch.Generator().manual_seed(seed + 1)
     est = final_est(model, gen)
     pre_est = final_est(pretrained, torch.Generator().manual_seed(seed + 2))

@@ -195,9 +195,17 @@ class ReverseKLProblem(KLConstrainedProblem):
         self, log_p: torch.Tensor
     ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
         t = self.tables
-        f, fe = self.rule.integral(_xlogy_terms(log_p, t["log_p0"]))
+        f, fe = reverse_kl_to_pretrained(self.rule, t, log_p)
         c, ce = self.rule.integral(_xlogy_terms(log_p.expand_as(t["log_q"]), t["log_q"]))
-        return float(f), float(fe), c, ce
+        return f, fe, c, ce
+
+
+def reverse_kl_to_pretrained(
+    rule: Any, tables: dict[str, torch.Tensor], log_p: torch.Tensor
+) -> tuple[float, float]:
+    r"""RU/LU objective :math:`\mathrm{KL}(p\|p_0)=\int p\,(\log p-\log p_0)` and its error bar."""
+    f, fe = rule.integral(_xlogy_terms(log_p, tables["log_p0"]))
+    return float(f), float(fe)
 
 
 class ForwardKLProblem(KLConstrainedProblem):

@@ -26,7 +26,7 @@ from ..models.gaussian_mixture import GaussianMixture
 from ..potentials import CallableLikelihood, DensityLikelihood, LogLikelihood, Potential
 from ..targets import GeometricTarget
 from .base import UnlearningProblem
-from .kl import _centred_cov, _xlogy_terms
+from .kl import _centred_cov, reverse_kl_to_pretrained
 
 __all__ = ["LikelihoodConstrainedProblem"]
 
@@ -160,10 +160,9 @@ class LikelihoodConstrainedProblem(UnlearningProblem):
         self, log_p: torch.Tensor
     ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
         t = self.tables
-        f, fe = self.rule.integral(_xlogy_terms(log_p, t["log_p0"]))
-        p = torch.exp(log_p)
-        c, ce = self.rule.integral(p * t["ell"])
-        return float(f), float(fe), c, ce
+        f, fe = reverse_kl_to_pretrained(self.rule, t, log_p)
+        c, ce = self.rule.integral(torch.exp(log_p) * t["ell"])
+        return f, fe, c, ce
 
     def _slack(self, c: torch.Tensor) -> torch.Tensor:
         return self.bounds - c
