@@ -58,6 +58,12 @@ def test_demo_smoke_run_writes_the_report(tmp_path):
             assert key in run, key
         assert run["certificate"]["method"] == "ode"
         assert 0 < run["population_ess"] <= 1
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:  # the [plot] extra is optional: the report says so
+            assert run["figures"] == [] and "matplotlib" in run["figures_note"]
+        else:
+            assert len(run["figures"]) == 2
         for fig in run["figures"]:
             assert (tmp_path / fig).stat().st_size > 1000
     assert isinstance(report["passed"], bool)

@@ -255,7 +255,8 @@ def _figures(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover - plot extra missing
-        entry["figures"] = "skipped: install dualdiff[plot] for figures"
+        entry["figures"] = []
+        entry["figures_note"] = "matplotlib is not installed: pip install dualdiff[plot]"
         return
     from ..sampling import sample_ode
 
