@@ -37,13 +37,6 @@ X = torch.linspace(-6.0, 6.0, 61, dtype=torch.float64)[:, None]
 XN = X[:, 0].numpy()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _alpha_sigma(t: float) -> tuple[float, float]:
     """VP schedule in closed form (beta_min 0.1, beta_max 20, the library's default)."""

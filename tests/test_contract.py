@@ -38,14 +38,6 @@ HAS_CUDA = torch.cuda.is_available()
 HAS_MODULE_ADAPTER = importlib.util.find_spec("dualdiff.models.module_adapter") is not None
 
 
-@pytest.fixture(autouse=True)
-def _single_torch_thread():
-    # Many small tensor ops: intra-op threads only add synchronisation cost on 2 cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # ---------------------------------------------------------------------- the table
 def _p0(dtype: torch.dtype = F64, device: str = "cpu") -> GaussianMixture:

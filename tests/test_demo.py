@@ -11,14 +11,6 @@ from dualdiff.demo.run import TOLERANCES, run_demo
 from dualdiff.estimators import ode_log_likelihood
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_shipped_ring_model_matches_the_ring():
     """The shipped checkpoint is a good model of p0: ODE log-likelihood vs the exact one."""
     p0 = ring_mixture()

@@ -50,14 +50,6 @@ Q = P0.component(1)
 B_RU, B_FU, TAU_LU = 7.0, 1.5, -9.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: intra-op threads only add contention (and timing noise) here.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _make(kind: str):
     if kind == "RU":

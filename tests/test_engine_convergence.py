@@ -10,7 +10,6 @@ trained model must be near-feasible with an objective near the optimal value P*.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from dualdiff import GaussianMixture, KLConstrainedProblem, LikelihoodConstrainedProblem
 from dualdiff.engine import PrimalDualTrainer, TrainableGaussianMixture
@@ -18,13 +17,6 @@ from dualdiff.engine import PrimalDualTrainer, TrainableGaussianMixture
 P0 = GaussianMixture([0.7, 0.3], [[-2.0], [2.0]], 1.0)
 Q = P0.component(1)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # Dual step sizes ~ 1/|dual Hessian| (FU: -4.3, LU: -30, RU: -33 at the optimum); the dual

@@ -25,16 +25,6 @@ from dualdiff.models.parametrization import (
 )
 from dualdiff.models.schedule import VPSchedule
 
-
-@pytest.fixture(autouse=True)
-def _single_torch_thread():
-    # These tests run many tiny tensor ops; intra-op threads only add synchronisation cost
-    # (4x slower on a busy 2-core machine), so use one thread and restore the setting after.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 # float64 conversions are exact up to a few ulps times the condition number 1/alpha or
 # 1/sigma; alpha, sigma >= 0.05 below keeps that under ~1e3, hence rtol 1e-9.
 RTOL64 = 1e-9

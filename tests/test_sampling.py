@@ -14,16 +14,6 @@ from dualdiff.models.schedule import VPSchedule
 from dualdiff.sampling import SamplerOutput, prior_sample, sample_ode, sample_sde
 
 
-@pytest.fixture(autouse=True)
-def _single_torch_thread():
-    # These tests run many tiny tensor ops; intra-op threads only add synchronisation cost
-    # (4x slower on a busy 2-core machine), so use one thread and restore the setting after.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _gm() -> GaussianMixture:
     return GaussianMixture(
         [0.3, 0.7], [[-1.5, 0.5], [1.0, -0.5]], [[0.5, 0.8], [0.6, 0.3]]
