@@ -35,10 +35,12 @@ from .primal import (
     TargetCache,
 )
 from .reference import TrainableGaussianMixture
+from .schedule import DUAL_UPDATES, DualUpdateRule, EveryEstimate, SettledPrimal
 from .trainer import Callback, PrimalDualTrainer
 
 __all__ = [
     "DUAL_OPTIMIZERS",
+    "DUAL_UPDATES",
     "FORMULATIONS",
     "OPTIMIZERS",
     "PRIMALS",
@@ -48,7 +50,9 @@ __all__ = [
     "ConstraintEstimate",
     "ConstraintEstimator",
     "DualDomainProjection",
+    "DualUpdateRule",
     "EngineConfigurationError",
+    "EveryEstimate",
     "LowEffectiveSampleSizeWarning",
     "NonFiniteStep",
     "PrimalBatch",
@@ -58,6 +62,7 @@ __all__ = [
     "ProjectedMultiplier",
     "ReweightedDSM",
     "SamplerLagrangian",
+    "SettledPrimal",
     "StepRecord",
     "TargetCache",
     "TrainableGaussianMixture",

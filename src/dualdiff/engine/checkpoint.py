@@ -3,10 +3,11 @@
 A checkpoint holds the model's ``state_dict``, Cooper's constrained-optimiser state
 (``ConstrainedOptimizer.state_dict()``: primal and dual optimiser states), the CMP state
 (``ConstrainedMinimizationProblem.state_dict()``: multipliers and penalty coefficients), the
-step counter, the latest constraint estimate, the history, the population-ESS bookkeeping and
-every random state the run touches (torch CPU and CUDA, numpy, Python ``random`` and the
-trainer's own generator). On CPU a run interrupted and resumed from a checkpoint ends with
-exactly the same parameters, multipliers and history as an uninterrupted one.
+step counter, the latest constraint estimate, the dual-update rule's state, the history, the
+population-ESS bookkeeping and every random state the run touches (torch CPU and CUDA, numpy,
+Python ``random`` and the trainer's own generator). On CPU a run interrupted and resumed from a
+checkpoint ends with exactly the same parameters, multipliers and history as an uninterrupted
+one.
 
 Files are written with :func:`torch.save` and read with ``weights_only=True`` (only tensors
 and plain Python containers are stored; Cooper's ``nuPIInitType`` enum is allow-listed).
@@ -101,6 +102,7 @@ def save_checkpoint(trainer: PrimalDualTrainer, path: str | PathLike[str]) -> No
         "optimizer": trainer.constrained_optimizer.state_dict(),
         "cmp": trainer.cmp.state_dict(),
         "last_estimate": _estimate_state(trainer.cmp.last_estimate),
+        "dual_rule": trainer.dual_rule.state_dict(),
         "history": trainer.history.to_dict(),
         "ess": {
             "key": None if trainer._ess_key is None else list(trainer._ess_key),
@@ -147,6 +149,7 @@ def load_checkpoint(trainer: PrimalDualTrainer, path: str | PathLike[str]) -> No
     trainer.constrained_optimizer.load_state_dict(state["optimizer"])
     trainer.cmp.load_state_dict(state["cmp"])
     trainer.cmp.last_estimate = _estimate_from(state["last_estimate"])
+    trainer.dual_rule.load_state_dict(state["dual_rule"])
     trainer._step = int(state["step"])
     trainer.history = TrainingHistory.from_dict(state["history"])
     key = state["ess"]["key"]

@@ -17,7 +17,11 @@ Design (see :ref:`the primal–dual algorithm <primal-dual>`):
   ``violation`` when nothing else is needed). It is refreshed only on estimation steps
   (every ``estimate_every`` steps); on the other steps the constraint state has
   ``contributes_to_dual_update=False`` (Cooper's mechanism for less frequent dual updates),
-  so the multipliers stay fixed while the primal takes several steps.
+  so the multipliers stay fixed while the primal takes several steps. A
+  :class:`~dualdiff.engine.DualUpdateRule` (``dual_rule``) decides whether an estimate drives
+  a dual step (``"every"``; ``"settled"``: only once the model has settled at the current
+  multipliers, :mod:`dualdiff.engine.schedule`); an estimate it declines is recorded but
+  also has ``contributes_to_dual_update=False``.
 * The *primal* gradient: for the reweighted and composed forms the multiplier enters the loss
   through the training target (weights / composed score), so the constraint state has
   ``contributes_to_primal_update=False`` and Cooper's primal Lagrangian is exactly the form's
@@ -55,6 +59,7 @@ from .estimation import ConstraintEstimate, as_estimate
 from .multipliers import DualDomainProjection, ProjectedMultiplier
 from .options import FORMULATIONS, resolve
 from .primal import PrimalBatch, PrimalForm
+from .schedule import DualUpdateRule, EveryEstimate
 
 __all__ = ["NonFiniteStep", "UnlearningCMP", "UnlearningCMPState"]
 
@@ -114,6 +119,9 @@ class UnlearningCMP(ConstrainedMinimizationProblem):
         Initial :math:`\lambda` ``(m,)`` (default 0).
     device
         Device of the multipliers.
+    dual_rule
+        :class:`~dualdiff.engine.DualUpdateRule` deciding which estimates drive a dual step
+        (default :class:`~dualdiff.engine.EveryEstimate`).
     """
 
     def __init__(
@@ -128,6 +136,7 @@ class UnlearningCMP(ConstrainedMinimizationProblem):
         penalty: float = 1.0,
         init_multipliers: Any = None,
         device: torch.device | str | None = None,
+        dual_rule: DualUpdateRule | None = None,
     ) -> None:
         super().__init__()
         formulation = resolve(formulation, "formulation", "UnlearningCMP", FORMULATIONS)
@@ -146,6 +155,11 @@ class UnlearningCMP(ConstrainedMinimizationProblem):
         self.step_stats: dict[str, float] = {}
         #: Multipliers the current step's primal loss was computed with.
         self.step_primal_multipliers: torch.Tensor | None = None
+        #: Decides which estimates drive a dual step.
+        self.dual_rule: DualUpdateRule = EveryEstimate() if dual_rule is None else dual_rule
+        #: The rule's decision for the current step (``None`` until an estimate is made; the
+        #: trainer resets it every step, so extragradient's two estimates share one decision).
+        self.step_dual: bool | None = None
         multiplier = ProjectedMultiplier(projection, init=init_multipliers, device=device)
         if formulation == "lagrangian":
             self.unlearning = Constraint(
@@ -205,6 +219,8 @@ class UnlearningCMP(ConstrainedMinimizationProblem):
             )
         self.last_estimate = est
         self.step_estimate = est
+        if self.step_dual is None:
+            self.step_dual = self.dual_rule.accept(est)
         return est
 
     # ------------------------------------------------------------------ Cooper interface
@@ -220,7 +236,9 @@ class UnlearningCMP(ConstrainedMinimizationProblem):
         self, violation: torch.Tensor | None, est: ConstraintEstimate | None
     ) -> ConstraintState | None:
         device = self.multiplier.device
-        dual = None if est is None else est.violations.to(device=device, dtype=_DTYPE)
+        dual = None
+        if est is not None and self.step_dual:
+            dual = est.violations.to(device=device, dtype=_DTYPE)
         if violation is not None:
             return ConstraintState(
                 violation=violation.to(device=device, dtype=_DTYPE),
@@ -237,9 +255,7 @@ class UnlearningCMP(ConstrainedMinimizationProblem):
     def _observed(self, cs: ConstraintState | None) -> dict[Constraint, ConstraintState]:
         return {} if cs is None else {self.unlearning: cs}
 
-    def compute_cmp_state(
-        self, batch: PrimalBatch, estimate: bool = False
-    ) -> UnlearningCMPState:
+    def compute_cmp_state(self, batch: PrimalBatch, estimate: bool = False) -> UnlearningCMPState:
         """Primal loss on ``batch`` and (when ``estimate``) fresh constraint violations.
 
         Parameters

@@ -35,6 +35,11 @@ class StepRecord:
         :meth:`~dualdiff.engine.ConstraintEstimate.to_dict` of the step's estimate, if any.
     skipped
         Reason the step was skipped, or ``None``.
+    dual_step
+        Whether the step's estimate drove a dual step (``None``: no estimate this step).
+    dual_reason
+        The dual-update rule's reason (:mod:`dualdiff.engine.schedule`: ``"every"``,
+        ``"first"``, ``"settled"``, ``"noise"``, ``"max_wait"``; ``"moving"`` when it declined).
     stats
         Other diagnostics of the primal form.
     """
@@ -47,6 +52,8 @@ class StepRecord:
     grad_norm: float | None = None
     estimate: dict[str, Any] | None = None
     skipped: str | None = None
+    dual_step: bool | None = None
+    dual_reason: str | None = None
     stats: dict[str, float] = field(default_factory=dict)
 
 
@@ -112,6 +119,11 @@ class TrainingHistory:
             for r in self.records
             if r.estimate is not None
         ]
+
+    @property
+    def dual_steps(self) -> list[int]:
+        """Steps whose estimate drove a dual step."""
+        return [r.step for r in self.records if r.dual_step]
 
     @property
     def skipped(self) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ from .options import (
     resolve,
 )
 from .primal import DataSampler, PrimalForm, TargetCache, make_primal_form
+from .schedule import DualUpdateRule, RuleSnapshot, make_dual_update_rule
 
 __all__ = ["Callback", "PrimalDualTrainer"]
 
@@ -132,8 +133,14 @@ class PrimalDualTrainer:
         or a callable ``fn(model, generator)`` returning a
         :class:`~dualdiff.engine.ConstraintEstimate` or constraint values ``(m,)``.
     estimate_every
-        Dual step (and estimate) every this many steps: the primal takes ``estimate_every``
-        steps at fixed multipliers.
+        Estimate the constraints every this many steps; with ``dual_update="every"`` each
+        estimate is a dual step (the primal takes ``estimate_every`` steps at fixed
+        multipliers).
+    dual_update
+        Which estimates drive a dual step: ``"every"`` (default), ``"settled"`` (only once the
+        model has settled at the current multipliers: inexact dual ascent with a
+        relative-error test, :class:`~dualdiff.engine.SettledPrimal` with its defaults) or a
+        :class:`~dualdiff.engine.DualUpdateRule` instance (e.g. ``SettledPrimal(kappa=0.1)``).
     estimate_samples
         Monte Carlo sample size of the ODE estimator.
     estimate_objective
@@ -222,6 +229,7 @@ class PrimalDualTrainer:
         unlearn_data: Sequence[DataSampler] | None = None,
         estimator: str | Callable[..., Any] = "auto",
         estimate_every: int = 1,
+        dual_update: str | DualUpdateRule = "every",
         estimate_samples: int = 256,
         estimate_objective: bool = True,
         grad_clip: float | None = None,
@@ -264,6 +272,7 @@ class PrimalDualTrainer:
         self.dual_lr = check_positive(dual_lr, "dual_lr", owner)
         self.batch_size = _int(batch_size, "batch_size", 2)
         self.estimate_every = _int(estimate_every, "estimate_every", 1)
+        self.dual_rule = make_dual_update_rule(dual_update, owner)
         self.grad_clip = (
             None if grad_clip is None else check_positive(grad_clip, "grad_clip", owner)
         )
@@ -290,7 +299,11 @@ class PrimalDualTrainer:
             )
         self.targets = TargetCache(problem)
         self.form: PrimalForm = make_primal_form(
-            self.primal_name, problem, self.targets, pretrained_data, unlearn_data,
+            self.primal_name,
+            problem,
+            self.targets,
+            pretrained_data,
+            unlearn_data,
             **(primal_options or {}),
         )
         if isinstance(estimator, str):
@@ -321,6 +334,7 @@ class PrimalDualTrainer:
             penalty=self.penalty,
             init_multipliers=init_multipliers,
             device=self.device,
+            dual_rule=self.dual_rule,
         )
         self.generator = torch.Generator().manual_seed(self.seed)
         self.cmp.generator = self.generator
@@ -349,7 +363,8 @@ class PrimalDualTrainer:
         return (
             f"PrimalDualTrainer(kind={self.problem.kind}, primal={self.primal_name!r}, "
             f"formulation={self.formulation_name!r}, optimizer={self.optimizer_name!r}, "
-            f"dual_optimizer={self.dual_optimizer_name!r}, step={self._step}, "
+            f"dual_optimizer={self.dual_optimizer_name!r}, dual_update={self.dual_rule!r}, "
+            f"step={self._step}, "
             f"multipliers={self.multipliers.tolist()})"
         )
 
@@ -378,6 +393,7 @@ class PrimalDualTrainer:
             "formulation": self.formulation_name,
             "optimizer": self.optimizer_name,
             "dual_optimizer": self.dual_optimizer_name,
+            "dual_update": self.dual_rule.config(),
         }
 
     def target(self) -> Any:
@@ -413,7 +429,12 @@ class PrimalDualTrainer:
             torch._foreach_mul_(grads, coef)
         self._primal_applied = True
 
-    def _recover(self, multipliers: torch.Tensor, estimate: ConstraintEstimate | None) -> None:
+    def _recover(
+        self,
+        multipliers: torch.Tensor,
+        estimate: ConstraintEstimate | None,
+        rule_state: RuleSnapshot,
+    ) -> None:
         opt = self.constrained_optimizer
         if isinstance(opt, GuardedExtrapolationOptimizer):
             opt.restore_extrapolation()
@@ -422,6 +443,7 @@ class PrimalDualTrainer:
             self.cmp.multiplier.weight.data.copy_(multipliers)
         if not self._primal_applied:
             self.cmp.last_estimate = estimate
+            self.dual_rule.restore(rule_state)
         opt.zero_grad()
 
     def step(self) -> StepRecord:
@@ -432,10 +454,12 @@ class PrimalDualTrainer:
         cmp.step_estimate = None
         cmp.step_stats = {}
         cmp.step_primal_multipliers = None
+        cmp.step_dual = None
         self._grad_norm = None
         self._primal_applied = False
         saved_lam = cmp.multiplier.weight.detach().clone()
         saved_est = cmp.last_estimate
+        saved_rule = self.dual_rule.snapshot()
         record = StepRecord(step=k)
         try:
             batch = self.form.sample_batch(self.model, self.batch_size, self.generator)
@@ -452,7 +476,7 @@ class PrimalDualTrainer:
                 )
             record.loss = float(roll.loss.detach())
         except NonFiniteError as exc:
-            self._recover(saved_lam, saved_est)
+            self._recover(saved_lam, saved_est, saved_rule)
             reason = str(exc)
             if self._primal_applied:
                 reason = f"dual step skipped (the primal step was applied): {reason}"
@@ -467,6 +491,8 @@ class PrimalDualTrainer:
         record.grad_norm = self._grad_norm
         if cmp.step_estimate is not None and record.skipped is None:
             record.estimate = cmp.step_estimate.to_dict()
+            record.dual_step = bool(cmp.step_dual)
+            record.dual_reason = self.dual_rule.last_reason
         self.history.records.append(record)
         self._check_population_ess(k)
         return record
@@ -481,9 +507,7 @@ class PrimalDualTrainer:
             return
         self._ess_key = key
         value = float(target.population_ess(self.problem.rule))
-        self.history.population_ess.append(
-            {"step": step, "multipliers": list(key), "value": value}
-        )
+        self.history.population_ess.append({"step": step, "multipliers": list(key), "value": value})
         if value < self.ess_warning:
             if not self._ess_low:
                 msg = (
