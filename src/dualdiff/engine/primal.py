@@ -34,7 +34,7 @@ import torch
 
 from ..losses import denoising_score_matching_loss, predict_eps, resolve_schedule
 from ..models.schedule import NoiseSchedule
-from .options import EngineConfigurationError
+from .options import EngineConfigurationError, resolve
 
 __all__ = [
     "ComposedScoreMatching",
@@ -410,7 +410,22 @@ class SamplerLagrangian(PrimalForm):
     violations added by Cooper as :math:`\lambda^\top g(\theta)` are
 
     * LU: :math:`g_i = \frac1n\sum_j \ell_i(x^{(j)}_K) - \tau_i` (the authors' practice,
-      primal form (c) of :ref:`the primal–dual algorithm <primal-dual>`);
+      primal form (c) of :ref:`the primal–dual algorithm <primal-dual>`), differentiated
+      either through the trajectory (``constraint_gradient="reparameterized"``) or by the
+      policy gradient (``"policy_gradient"``, REINFORCE over the sampler's Gaussian
+      transitions, the estimator of RL fine-tuning of diffusion models):
+
+      .. math::
+          \nabla_\theta E[\ell_i(x_K)] = E\Big[\big(\ell_i(x_K)-\beta\big)\,
+          \nabla_\theta\sum_{k=0}^{K-1}\log\mathcal N\big(x_{k+1};\,\mu_\theta(x_k,t_k),\,
+          g(t_k)^2h\,I\big)\Big],\qquad
+          \mu_\theta(x,t) = x - h\big[f(t)x - g(t)^2 s_\theta(x,t)\big],
+
+      with the states held fixed and the leave-one-out batch mean as baseline :math:`\beta`
+      (unbiased). It needs no gradient of :math:`\ell_i` (non-differentiable likelihoods,
+      e.g. classifier outputs or thresholds) and no backpropagation through the chain for
+      the constraint, at the price of one more model evaluation per step and a higher
+      variance. The violation's value is the same estimate either way;
     * RU: :math:`g_i = b_i - \widehat{\mathrm{KL}}(\mathbb P_\theta\|\mathbb P_{q_i})` with the
       same path estimator against the score of :math:`q_i` (a path-measure surrogate of
       :math:`\mathrm{KL}(p_\theta\|q_i)`).
@@ -425,6 +440,9 @@ class SamplerLagrangian(PrimalForm):
     reference
         Frozen score model of the objective (default: the problem's pretrained mixture, exact
         scores); e.g. a frozen copy of the pretrained network.
+    constraint_gradient
+        ``"reparameterized"`` (default) or ``"policy_gradient"`` (LU only): how the gradient
+        of the LU constraint term is estimated (above).
     """
 
     name = "sampler"
@@ -440,11 +458,24 @@ class SamplerLagrangian(PrimalForm):
         *,
         steps: int = 50,
         reference: Any = None,
+        constraint_gradient: str = "reparameterized",
     ) -> None:
         super().__init__(problem, targets, pretrained_data, unlearn_data)
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(
                 f"SamplerLagrangian: parameter 'steps' must be an int >= 1, got {steps!r}"
+            )
+        self.constraint_gradient = resolve(
+            constraint_gradient,
+            "constraint_gradient",
+            "SamplerLagrangian",
+            ("reparameterized", "policy_gradient"),
+        )
+        if self.constraint_gradient == "policy_gradient" and problem.kind != "LU":
+            raise EngineConfigurationError(
+                "SamplerLagrangian: constraint_gradient='policy_gradient' needs a likelihood "
+                f"constraint (LU); the {problem.kind} constraint's path KL depends on theta "
+                "directly, use 'reparameterized'"
             )
         self.steps = steps
         self.reference = reference if reference is not None else problem.pretrained
@@ -474,12 +505,11 @@ class SamplerLagrangian(PrimalForm):
         others = prob.unlearn if prob.kind == "RU" else []
         kl = torch.zeros(n, dtype=dtype, device=device)
         kl_q = [torch.zeros(n, dtype=dtype, device=device) for _ in others]
+        policy = self.constraint_gradient == "policy_gradient"
+        states = [x.detach()] if policy else []
         for k in range(self.steps):
             tk, h = times[k], times[k] - times[k + 1]
-            t64 = torch.tensor(tk, dtype=_DTYPE)
-            f = float(sched.drift_coef(t64))
-            g2 = float(sched.g(t64)) ** 2
-            sig = float(sched.sigma(t64))
+            f, g2, sig = _em_coefficients(sched, tk)
             tt = torch.full((n,), tk, dtype=dtype, device=device)
             sig_t = torch.full((n, 1), sig, dtype=dtype, device=device)
             eps_theta = predict_eps(model, x, tt, sig_t)
@@ -492,10 +522,17 @@ class SamplerLagrangian(PrimalForm):
             score = -eps_theta / sig
             z = batch.increments[k].to(dtype=dtype, device=device)
             x = x - h * (f * x - g2 * score) + math.sqrt(g2 * h) * z
+            if policy:
+                states.append(x.detach())
         if prob.kind == "LU":
             x64 = x.to(_DTYPE).cpu() if device.type != "cpu" else x.to(_DTYPE)
-            ell = torch.stack([pot.value(x64).to(_DTYPE).mean() for pot in prob.potentials])
-            violation = ell - prob.bounds
+            if policy:
+                x64 = x64.detach()
+            values = [pot.value(x64).to(_DTYPE) for pot in prob.potentials]
+            violation = torch.stack([v.mean() for v in values]) - prob.bounds
+            if policy:
+                logp = self._path_log_prob(model, states, times, sched).to(_DTYPE).cpu()
+                violation = violation + _score_function_term(values, logp)
         else:
             violation = prob.bounds - torch.stack([v.mean().to(_DTYPE).cpu() for v in kl_q])
         return PrimalLoss(
@@ -503,6 +540,52 @@ class SamplerLagrangian(PrimalForm):
             violation=violation,
             stats={"path_kl": float(kl.detach().mean())},
         )
+
+
+    def _path_log_prob(
+        self, model: Any, states: list[torch.Tensor], times: list[float], sched: Any
+    ) -> torch.Tensor:
+        r"""Path log-likelihood up to constants, ``(n,)``.
+
+        :math:`\sum_k \log\mathcal N(x_{k+1};\mu_\theta(x_k,t_k),g^2h)`; the states are fixed
+        (detached), only :math:`\mu_\theta` carries gradients.
+        """
+        n = states[0].shape[0]
+        dtype, device = states[0].dtype, states[0].device
+        total = torch.zeros(n, dtype=dtype, device=device)
+        for k in range(self.steps):
+            tk, h = times[k], times[k] - times[k + 1]
+            f, g2, sig = _em_coefficients(sched, tk)
+            xk = states[k]
+            tt = torch.full((n,), tk, dtype=dtype, device=device)
+            sig_t = torch.full((n, 1), sig, dtype=dtype, device=device)
+            score = -predict_eps(model, xk, tt, sig_t) / sig
+            mean = xk - h * (f * xk - g2 * score)
+            total = total - (states[k + 1] - mean).pow(2).sum(-1) / (2.0 * g2 * h)
+        return total
+
+
+def _em_coefficients(sched: Any, t: float) -> tuple[float, float, float]:
+    """Drift coefficient f(t), squared diffusion g(t)^2 and sigma(t) of the VP-type SDE."""
+    t64 = torch.tensor(t, dtype=_DTYPE)
+    return float(sched.drift_coef(t64)), float(sched.g(t64)) ** 2, float(sched.sigma(t64))
+
+
+def _score_function_term(values: list[torch.Tensor], logp: torch.Tensor) -> torch.Tensor:
+    r"""Zero-valued term whose gradient is the REINFORCE estimate of :math:`\nabla E[\ell_i]`.
+
+    ``values[i]`` are :math:`\ell_i(x_K^{(j)})` ``(n,)`` (no gradient), ``logp`` the path
+    log-likelihoods ``(n,)`` (with gradient); the baseline of sample ``j`` is the mean of the
+    other samples (leave-one-out, so the estimator stays unbiased).
+    """
+    n = logp.shape[0]
+    terms = []
+    for v in values:
+        v = v.detach()
+        baseline = (v.sum() - v) / max(n - 1, 1)
+        surrogate = ((v - baseline) * logp).mean()
+        terms.append(surrogate - surrogate.detach())
+    return torch.stack(terms)
 
 
 _FORMS: dict[str, type[PrimalForm]] = {
