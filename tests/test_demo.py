@@ -7,7 +7,7 @@ import torch
 
 from dualdiff.cli import main
 from dualdiff.demo import load_pretrained_ring, ring_mixture
-from dualdiff.demo.run import TOLERANCES, run_demo
+from dualdiff.demo.run import DEFAULTS, TOLERANCES, make_problem, run_demo
 from dualdiff.estimators import ode_log_likelihood
 
 
@@ -64,6 +64,36 @@ def test_demo_smoke_run_writes_the_report(tmp_path):
 def test_demo_cli_rejects_bad_arguments(capsys):
     assert main(["demo"]) == 2  # --output is required
     assert main(["demo", "--output", "x", "--problems", "XX"]) == 2
+    assert main(["demo", "--output", "x", "--dual-update", "sometimes"]) == 2
+    assert main(["demo", "--output", "x", "--dual-step", "-1"]) == 2
+
+
+def test_demo_cli_passes_the_dual_settings_to_run_demo(tmp_path, monkeypatch, capsys):
+    import dualdiff.demo.run as demo_run
+
+    seen = {}
+
+    def fake_run_demo(output, **kwargs):
+        seen.update(kwargs)
+        return {"runs": [], "passed": True, "wall_time_s": 0.0}
+
+    monkeypatch.setattr(demo_run, "run_demo", fake_run_demo)
+    args = ["demo", "--output", str(tmp_path), "--no-progress"]
+    assert main([*args, "--dual-update", "settled", "--dual-step", "1"]) == 0
+    assert seen["overrides"] == {"dual_update": "settled", "dual_step": 1.0}
+    assert main(args) == 0
+    assert seen["overrides"] == {}  # the DemoConfig defaults apply
+
+
+def test_demo_settled_rule_reaches_the_trainer(tmp_path):
+    overrides = dict(steps=6, estimate_every=2, estimate_samples=16, final_samples=32,
+                     figure_samples=64, dual_update="settled", dual_step=1.0)
+    report = run_demo(tmp_path, problems=("FU",), progress=False, overrides=overrides)
+    run = report["runs"][0]
+    assert run["dual_update"] == "settled"
+    prob, _ = make_problem("FU", DEFAULTS["FU"].delta)
+    curvature = abs(float(prob.dual_hessian(run["multipliers_closed_form"])[0, 0]))
+    assert run["dual_lr"] == pytest.approx(1.0 / curvature, rel=1e-9)  # dual_step 1
 
 
 @pytest.mark.slow

@@ -457,6 +457,18 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--steps", type=_positive_int, default=None, help="primal steps per run")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--dual-update",
+        choices=["every", "settled"],
+        default=None,
+        help="dual-update rule of the trainer (default 'every'; 'settled' wants --dual-step 1)",
+    )
+    p.add_argument(
+        "--dual-step",
+        type=_positive_float,
+        default=None,
+        help="dual step size in units of 1/|g''(lam*)| (default 0.5)",
+    )
     p.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -471,6 +483,11 @@ def _run_demo(args: argparse.Namespace) -> int:
             seed=args.seed,
             steps=args.steps,
             progress=not args.no_progress,
+            overrides={
+                k: v
+                for k, v in (("dual_update", args.dual_update), ("dual_step", args.dual_step))
+                if v is not None
+            },
         )
     header = [
         "problem", "level", "lam*", "lam trained", "C trained ± se", "f trained ± se",

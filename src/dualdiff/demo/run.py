@@ -66,6 +66,9 @@ class DemoConfig:
         See ``primal_lr``.
     dual_step
         Dual step size as a multiple of :math:`1/|g''(\lambda^\star)|` (the dual's curvature).
+    dual_update
+        The trainer's dual-update rule, ``"every"`` (each estimate is a dual step) or
+        ``"settled"`` (only once the model has settled; use ``dual_step=1``, the Newton step).
     average_fraction
         Fraction of the final steps whose multipliers are averaged for the report.
     figure_samples
@@ -82,6 +85,7 @@ class DemoConfig:
     final_lr_fraction: float = 0.1
     batch_size: int = 512
     dual_step: float = 0.5
+    dual_update: str = "every"
     average_fraction: float = 0.4
     figure_samples: int = 2000
 
@@ -170,6 +174,7 @@ def run_problem(
         batch_size=cfg.batch_size,
         estimator=estimator,
         estimate_every=cfg.estimate_every,
+        dual_update=cfg.dual_update,
         seed=seed,
         callbacks=[_linear_lr_decay(cfg.primal_lr, cfg.final_lr_fraction, cfg.steps)],
     )
@@ -217,6 +222,7 @@ def run_problem(
         "certificate": cert.to_dict(),
         "population_ess": ess,
         "dual_lr": dual_lr,
+        "dual_update": cfg.dual_update,
         "relative_errors": {
             "multipliers": [
                 abs(a - b) / abs(b) for a, b in zip(lam_trained, lam_star.tolist(), strict=True)
