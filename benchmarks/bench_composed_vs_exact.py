@@ -46,8 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -57,7 +55,7 @@ import torch
 
 import dualdiff
 from dualdiff import GaussianMixture, KLConstrainedProblem, sample_ode, sample_sde
-from dualdiff.cli import format_table, limit_threads
+from dualdiff.cli import environment, format_table, limit_threads
 from dualdiff.demo import ring_mixture
 from dualdiff.noised import ExactNoisedTarget, composed_score_error
 
@@ -504,14 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": {"p0": "ring_mixture(8, radius=4, std=0.5)", "q": "p0.component(0)"},
         "estimator": "8-component full-covariance GMM fitted by EM (init: nearest ring mode); "
         "KLs of the fit by grid quadrature",
-        "environment": {
-            "dualdiff": dualdiff.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": args.threads,
-        },
+        "environment": environment(args.threads),
         **res,
     }
     path = args.output / "bench_composed_vs_exact.json"

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -39,14 +38,13 @@ from typing import Any
 
 import torch
 
-import dualdiff
 from dualdiff import (
     GaussianMixture,
     KLConstrainedProblem,
     LikelihoodConstrainedProblem,
     MonteCarlo,
 )
-from dualdiff.cli import format_table, limit_threads
+from dualdiff.cli import environment, format_table, limit_threads
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_dual.json"
 GOAL = 30.0  # density-evaluation equivalents for one constraint
@@ -304,10 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal_metric": "equivalents_cpu",
         "settings": {"repeats": repeats, "threads": args.threads, "quick": args.quick,
                      "monte_carlo_n": n_mc, "delta": DELTA, "K": 8},
-        "environment": {
-            "dualdiff": dualdiff.__version__, "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-        },
+        "environment": environment(args.threads),
         "total_s": total,
         "results": [asdict(r) for r in results],
     }

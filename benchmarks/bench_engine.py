@@ -36,20 +36,16 @@ import argparse
 import copy
 import json
 import math
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import cooper
 import torch
 from torch import nn
 
-import dualdiff
 from dualdiff import GaussianMixture, KLConstrainedProblem
-from dualdiff.cli import format_table, limit_threads
+from dualdiff.cli import environment, format_table, limit_threads
 from dualdiff.engine import (
     ConstraintEstimate,
     DualDomainProjection,
@@ -261,11 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             "problem": "FU, p0 = 0.7 N(-2,1) + 0.3 N(2,1), q = N(2,1), b = 1.5",
             "primal_lr": PRIMAL_LR, "dual_lr": DUAL_LR,
         },
-        "environment": {
-            "dualdiff": dualdiff.__version__, "cooper": cooper.__version__,
-            "torch": torch.__version__, "python": sys.version.split()[0],
-            "platform": platform.platform(),
-        },
+        "environment": environment(args.threads),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2))

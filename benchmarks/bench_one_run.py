@@ -77,8 +77,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -86,12 +84,9 @@ import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch
-
-import dualdiff
 from dualdiff import GridQuadrature, KLConstrainedProblem
 from dualdiff.baselines import FixedWeightTrainer, esd_eta, esd_lambda
-from dualdiff.cli import format_table, limit_threads
+from dualdiff.cli import environment, format_table, limit_threads
 from dualdiff.demo import ring_mixture
 from dualdiff.engine import (
     ConstraintEstimator,
@@ -611,14 +606,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": "TrainableGaussianMixture.from_mixture(p0) (weights, means, variances)",
             "primal": "reweighted_dsm, Adam",
         },
-        "environment": {
-            "dualdiff": dualdiff.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": args.threads,
-        },
+        "environment": environment(args.threads),
         "seconds": total,
         "levels": levels,
     }

@@ -42,6 +42,7 @@ __all__ = [
     "COMMANDS",
     "Command",
     "build_parser",
+    "environment",
     "format_table",
     "limit_threads",
     "main",
@@ -357,7 +358,9 @@ def _verify_table(rows: Sequence[_Row]) -> str:
     return format_table(headers, cells, right={2, 3, 5, 6, 7, 10})
 
 
-def _environment(threads: int) -> dict[str, Any]:
+def environment(threads: int) -> dict[str, Any]:
+    """Versions, platform and thread count to record next to a measurement (JSON-ready)."""
+    import cooper
     import numpy
     import scipy
     import torch
@@ -367,6 +370,7 @@ def _environment(threads: int) -> dict[str, Any]:
     return {
         "dualdiff": __version__,
         "torch": torch.__version__,
+        "cooper": cooper.__version__,
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
         "python": platform.python_version(),
@@ -425,7 +429,7 @@ def _run_verify(args: argparse.Namespace) -> int:
             "passed": passed,
             "suite": source,
             "tolerance_override": args.tolerance,
-            "environment": _environment(args.threads),
+            "environment": environment(args.threads),
             "timings": {"suite_build_s": t_suite, "solve_total_s": solve, "total_s": total},
             "cases": [r.__dict__ for r in rows],
         }
