@@ -73,7 +73,7 @@ def _norm(x: torch.Tensor) -> float:
 class DualUpdateRule:
     r"""Base class: decides, for each new constraint estimate, whether the dual steps on it.
 
-    Subclasses implement :meth:`decide`; :meth:`accept` records the estimate and returns the
+    Subclasses implement :meth:`_decide`; :meth:`accept` records the estimate and returns the
     decision.
 
     Attributes
@@ -99,6 +99,10 @@ class DualUpdateRule:
 
     def decide(self, estimate: ConstraintEstimate) -> tuple[bool, str]:
         """``(step?, reason)`` for ``estimate`` given the recorded state (not updated)."""
+        return self._decide(estimate, self.change(estimate))
+
+    def _decide(self, estimate: ConstraintEstimate, change: float | None) -> tuple[bool, str]:
+        """:meth:`decide` given ``change`` = :meth:`change` of ``estimate``."""
         raise NotImplementedError
 
     def change(self, estimate: ConstraintEstimate) -> float | None:
@@ -110,8 +114,9 @@ class DualUpdateRule:
 
     def accept(self, estimate: ConstraintEstimate) -> bool:
         """Whether the dual steps on ``estimate``; records it as the previous estimate."""
-        step, reason = self.decide(estimate)
-        self.last_change = None if step else self.change(estimate)
+        change = self.change(estimate)
+        step, reason = self._decide(estimate, change)
+        self.last_change = None if step else change
         self.previous = estimate
         self.waited = 0 if step else self.waited + 1
         self.last_reason = reason
@@ -165,7 +170,7 @@ class EveryEstimate(DualUpdateRule):
 
     name = "every"
 
-    def decide(self, estimate: ConstraintEstimate) -> tuple[bool, str]:
+    def _decide(self, estimate: ConstraintEstimate, change: float | None) -> tuple[bool, str]:
         """Always ``(True, "every")``."""
         return True, "every"
 
@@ -208,7 +213,9 @@ class SettledPrimal(DualUpdateRule):
 
     def remaining_drift(self, estimate: ConstraintEstimate) -> float:
         r"""Aitken projection :math:`\frac{r}{1-r}\|\Delta_k\|` (``inf`` if not decelerating)."""
-        change = self.change(estimate)
+        return self._projected_drift(self.change(estimate))
+
+    def _projected_drift(self, change: float | None) -> float:
         if change is None or self.last_change is None:
             return math.inf
         if change == 0.0:
@@ -218,21 +225,20 @@ class SettledPrimal(DualUpdateRule):
         r = change / self.last_change
         return math.inf if r >= 1.0 else change * r / (1.0 - r)
 
-    def decide(self, estimate: ConstraintEstimate) -> tuple[bool, str]:
+    def _decide(self, estimate: ConstraintEstimate, change: float | None) -> tuple[bool, str]:
         """``(step?, reason)``.
 
         Reasons: ``"first"``, ``"settled"``, ``"noise"``, ``"max_wait"`` (step) or ``"moving"``.
         """
         prev = self.previous
-        if prev is None:
+        if prev is None or change is None:
             return True, "first"
         gap = _norm(estimate.violations)
-        if self.remaining_drift(estimate) <= self.kappa * gap:
+        if self._projected_drift(change) <= self.kappa * gap:
             return True, "settled"
-        change = self.change(estimate)
         se = estimate.constraint_stderr.detach().to(torch.float64).cpu()
         noise = _norm(torch.sqrt(se**2 + prev.constraint_stderr.to(torch.float64).cpu() ** 2))
-        if self.noise_z > 0 and change is not None and change <= self.noise_z * noise:
+        if self.noise_z > 0 and change <= self.noise_z * noise:
             return True, "noise"
         if self.waited + 1 >= self.max_wait:
             return True, "max_wait"
