@@ -497,9 +497,7 @@ class SamplerLagrangian(PrimalForm):
         dtype, device = _model_dtype_device(model)
         sched = self.schedule(model)
         prob = self.problem
-        times = torch.linspace(
-            float(sched.t_max), float(sched.t_min), self.steps + 1, dtype=_DTYPE
-        ).tolist()
+        grid = _em_grid(sched, self.steps)
         x = batch.prior.to(dtype=dtype, device=device)
         n = x.shape[0]
         others = prob.unlearn if prob.kind == "RU" else []
@@ -507,21 +505,16 @@ class SamplerLagrangian(PrimalForm):
         kl_q = [torch.zeros(n, dtype=dtype, device=device) for _ in others]
         policy = self.constraint_gradient == "policy_gradient"
         states = [x.detach()] if policy else []
-        for k in range(self.steps):
-            tk, h = times[k], times[k] - times[k + 1]
-            f, g2, sig = _em_coefficients(sched, tk)
-            tt = torch.full((n,), tk, dtype=dtype, device=device)
-            sig_t = torch.full((n, 1), sig, dtype=dtype, device=device)
-            eps_theta = predict_eps(model, x, tt, sig_t)
-            scale = h * g2 / (2.0 * sig**2)
-            eps_ref = -sig * self.reference.score(x, tk).to(dtype)
+        for k, st in enumerate(grid):
+            eps_theta = _model_eps(model, x, st)
+            scale = st.h * st.g2 / (2.0 * st.sigma**2)
+            eps_ref = -st.sigma * self.reference.score(x, st.t).to(dtype)
             kl = kl + scale * (eps_theta - eps_ref).pow(2).sum(-1)
             for i, q in enumerate(others):
-                eps_q = -sig * q.score(x, tk).to(dtype)
+                eps_q = -st.sigma * q.score(x, st.t).to(dtype)
                 kl_q[i] = kl_q[i] + scale * (eps_theta - eps_q).pow(2).sum(-1)
-            score = -eps_theta / sig
             z = batch.increments[k].to(dtype=dtype, device=device)
-            x = x - h * (f * x - g2 * score) + math.sqrt(g2 * h) * z
+            x = _em_mean(x, eps_theta, st) + math.sqrt(st.g2 * st.h) * z
             if policy:
                 states.append(x.detach())
         if prob.kind == "LU":
@@ -531,7 +524,7 @@ class SamplerLagrangian(PrimalForm):
             values = [pot.value(x64).to(_DTYPE) for pot in prob.potentials]
             violation = torch.stack([v.mean() for v in values]) - prob.bounds
             if policy:
-                logp = self._path_log_prob(model, states, times, sched).to(_DTYPE).cpu()
+                logp = _path_log_prob(model, states, grid).to(_DTYPE).cpu()
                 violation = violation + _score_function_term(values, logp)
         else:
             violation = prob.bounds - torch.stack([v.mean().to(_DTYPE).cpu() for v in kl_q])
@@ -542,33 +535,61 @@ class SamplerLagrangian(PrimalForm):
         )
 
 
-    def _path_log_prob(
-        self, model: Any, states: list[torch.Tensor], times: list[float], sched: Any
-    ) -> torch.Tensor:
-        r"""Path log-likelihood up to constants, ``(n,)``.
 
-        :math:`\sum_k \log\mathcal N(x_{k+1};\mu_\theta(x_k,t_k),g^2h)`; the states are fixed
-        (detached), only :math:`\mu_\theta` carries gradients.
-        """
-        n = states[0].shape[0]
-        dtype, device = states[0].dtype, states[0].device
-        total = torch.zeros(n, dtype=dtype, device=device)
-        for k in range(self.steps):
-            tk, h = times[k], times[k] - times[k + 1]
-            f, g2, sig = _em_coefficients(sched, tk)
-            xk = states[k]
-            tt = torch.full((n,), tk, dtype=dtype, device=device)
-            sig_t = torch.full((n, 1), sig, dtype=dtype, device=device)
-            score = -predict_eps(model, xk, tt, sig_t) / sig
-            mean = xk - h * (f * xk - g2 * score)
-            total = total - (states[k + 1] - mean).pow(2).sum(-1) / (2.0 * g2 * h)
-        return total
+@dataclass(frozen=True)
+class _EMStep:
+    """One Euler–Maruyama step of the reverse SDE: time, step size and SDE coefficients."""
+
+    t: float
+    h: float
+    f: float
+    g2: float
+    sigma: float
 
 
-def _em_coefficients(sched: Any, t: float) -> tuple[float, float, float]:
-    """Drift coefficient f(t), squared diffusion g(t)^2 and sigma(t) of the VP-type SDE."""
-    t64 = torch.tensor(t, dtype=_DTYPE)
-    return float(sched.drift_coef(t64)), float(sched.g(t64)) ** 2, float(sched.sigma(t64))
+def _em_grid(sched: Any, steps: int) -> list[_EMStep]:
+    """The uniform grid t_max = t_0 > ... > t_K = t_min with f(t_k), g(t_k)^2, sigma(t_k)."""
+    times = torch.linspace(float(sched.t_max), float(sched.t_min), steps + 1, dtype=_DTYPE)
+    grid = []
+    for k in range(steps):
+        t64 = times[k]
+        grid.append(
+            _EMStep(
+                t=float(t64),
+                h=float(times[k]) - float(times[k + 1]),
+                f=float(sched.drift_coef(t64)),
+                g2=float(sched.g(t64)) ** 2,
+                sigma=float(sched.sigma(t64)),
+            )
+        )
+    return grid
+
+
+def _model_eps(model: Any, x: torch.Tensor, st: _EMStep) -> torch.Tensor:
+    """The model's noise prediction at ``(x, st.t)``."""
+    n = x.shape[0]
+    tt = torch.full((n,), st.t, dtype=x.dtype, device=x.device)
+    sig_t = torch.full((n, 1), st.sigma, dtype=x.dtype, device=x.device)
+    return predict_eps(model, x, tt, sig_t)
+
+
+def _em_mean(x: torch.Tensor, eps: torch.Tensor, st: _EMStep) -> torch.Tensor:
+    r"""Transition mean :math:`x - h[f x - g^2 s]`, :math:`s = -\hat\varepsilon/\sigma`."""
+    score = -eps / st.sigma
+    return x - st.h * (st.f * x - st.g2 * score)
+
+
+def _path_log_prob(model: Any, states: list[torch.Tensor], grid: list[_EMStep]) -> torch.Tensor:
+    r"""Path log-likelihood up to constants, ``(n,)``.
+
+    :math:`\sum_k \log\mathcal N(x_{k+1};\mu_\theta(x_k,t_k),g^2h)`; the states are fixed
+    (detached), only :math:`\mu_\theta` carries gradients.
+    """
+    total = torch.zeros(states[0].shape[0], dtype=states[0].dtype, device=states[0].device)
+    for k, st in enumerate(grid):
+        mean = _em_mean(states[k], _model_eps(model, states[k], st), st)
+        total = total - (states[k + 1] - mean).pow(2).sum(-1) / (2.0 * st.g2 * st.h)
+    return total
 
 
 def _score_function_term(values: list[torch.Tensor], logp: torch.Tensor) -> torch.Tensor:
