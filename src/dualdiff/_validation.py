@@ -85,10 +85,20 @@ def check_positive(value: float, name: str, owner: str, *, strict: bool = True) 
     return v
 
 
-def check_choice(value: Any, name: str, owner: str, allowed: Sequence[str]) -> str:
-    """Validate a string option against the allowed choices (case-sensitive)."""
+def check_choice(
+    value: Any,
+    name: str,
+    owner: str,
+    allowed: Sequence[str],
+    error: type[ValueError] = ValueError,
+) -> str:
+    """Validate a string option against the allowed choices (case-sensitive).
+
+    Raises ``error`` (a ``ValueError`` subclass) naming the parameter, the value and the
+    allowed values.
+    """
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(
+        raise error(
             f"{owner}: unknown {name}={value!r}; allowed values are "
             + ", ".join(repr(a) for a in allowed)
         )

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 from .._errors import DualdiffError
+from .._validation import check_choice
 
 __all__ = [
     "DUAL_OPTIMIZERS",
@@ -67,9 +68,4 @@ class LowEffectiveSampleSizeWarning(UserWarning):
 
 def resolve(value: Any, name: str, owner: str, allowed: Sequence[str]) -> str:
     """Return ``value`` if it is one of ``allowed``; raise :class:`UnknownOptionError` else."""
-    if not isinstance(value, str) or value not in allowed:
-        raise UnknownOptionError(
-            f"{owner}: unknown {name}={value!r}; allowed values are "
-            + ", ".join(repr(a) for a in allowed)
-        )
-    return value
+    return check_choice(value, name, owner, allowed, error=UnknownOptionError)
