@@ -39,7 +39,7 @@ from ._errors import DualDomainError
 from ._validation import as_tensor, check_choice, check_positive
 from .engine.history import TrainingHistory
 from .engine.multipliers import DualDomainProjection
-from .engine.trainer import PrimalDualTrainer
+from .engine.trainer import PrimalDualTrainer, check_problem
 from .losses import check_score_model, denoising_score_matching_loss
 from .models.schedule import NoiseSchedule
 from .targets import GeometricTarget, SignedMixtureTarget
@@ -528,11 +528,7 @@ class FixedWeightTrainer(PrimalDualTrainer):
                 f"{owner}: option(s) {', '.join(bad)} configure the dual step, which a "
                 "fixed-weight trainer does not take; pass the weight as 'multipliers'"
             )
-        if getattr(problem, "kind", None) not in ("RU", "FU", "LU"):
-            raise TypeError(
-                f"{owner}: parameter 'problem' must be a KLConstrainedProblem or "
-                f"LikelihoodConstrainedProblem, got {type(problem).__name__}"
-            )
+        check_problem(problem, owner)
         lam = as_tensor(multipliers, "multipliers", owner, dtype=_DTYPE).reshape(-1)
         if lam.numel() != problem.m:
             raise ValueError(

@@ -83,6 +83,15 @@ def _sampler_of(dist: Any) -> DataSampler:
     return sampler
 
 
+def check_problem(problem: Any, owner: str) -> None:
+    """Raise ``TypeError`` unless ``problem`` is an RU, FU or LU unlearning problem."""
+    if getattr(problem, "kind", None) not in ("RU", "FU", "LU"):
+        raise TypeError(
+            f"{owner}: parameter 'problem' must be a KLConstrainedProblem or "
+            f"LikelihoodConstrainedProblem, got {type(problem).__name__}"
+        )
+
+
 def _int(value: Any, name: str, low: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ValueError(
@@ -246,11 +255,7 @@ class PrimalDualTrainer:
         device: torch.device | str | None = None,
     ) -> None:
         owner = "PrimalDualTrainer"
-        if getattr(problem, "kind", None) not in ("RU", "FU", "LU"):
-            raise TypeError(
-                f"{owner}: parameter 'problem' must be a KLConstrainedProblem or "
-                f"LikelihoodConstrainedProblem, got {type(problem).__name__}"
-            )
+        check_problem(problem, owner)
         if not callable(getattr(model, "score", None)) or not callable(
             getattr(model, "parameters", None)
         ):
