@@ -149,17 +149,9 @@ class UnlearningCMP(ConstrainedMinimizationProblem):
         self.generator: torch.Generator | None = None
         #: Latest finite constraint estimate (drives the dual step and the AL look-ahead).
         self.last_estimate: ConstraintEstimate | None = None
-        #: Estimate made during the current step, if any (read by the trainer).
-        self.step_estimate: ConstraintEstimate | None = None
-        #: Diagnostics of the current step's primal loss.
-        self.step_stats: dict[str, float] = {}
-        #: Multipliers the current step's primal loss was computed with.
-        self.step_primal_multipliers: torch.Tensor | None = None
         #: Decides which estimates drive a dual step.
         self.dual_rule: DualUpdateRule = EveryEstimate() if dual_rule is None else dual_rule
-        #: The rule's decision for the current step (``None`` until an estimate is made; the
-        #: trainer resets it every step, so extragradient's two estimates share one decision).
-        self.step_dual: bool | None = None
+        self.begin_step()
         multiplier = ProjectedMultiplier(projection, init=init_multipliers, device=device)
         if formulation == "lagrangian":
             self.unlearning = Constraint(
@@ -180,6 +172,21 @@ class UnlearningCMP(ConstrainedMinimizationProblem):
             )
 
     unlearning: Constraint
+
+    def begin_step(self) -> None:
+        """Clear the per-step records; call before each Cooper ``roll`` (the trainer does).
+
+        The dual-update rule decides once per step: extragradient's two estimates in one
+        ``roll`` share the first one's decision, until the next ``begin_step``.
+        """
+        #: Estimate made during the current step, if any (read by the trainer).
+        self.step_estimate: ConstraintEstimate | None = None
+        #: Diagnostics of the current step's primal loss.
+        self.step_stats: dict[str, float] = {}
+        #: Multipliers the current step's primal loss was computed with.
+        self.step_primal_multipliers: torch.Tensor | None = None
+        #: The rule's decision for the current step (``None`` until an estimate is made).
+        self.step_dual: bool | None = None
 
     # ------------------------------------------------------------------ multipliers
     @property

@@ -456,10 +456,7 @@ class PrimalDualTrainer:
         k = self._step
         due = k % self.estimate_every == 0
         cmp = self.cmp
-        cmp.step_estimate = None
-        cmp.step_stats = {}
-        cmp.step_primal_multipliers = None
-        cmp.step_dual = None
+        cmp.begin_step()
         self._grad_norm = None
         self._primal_applied = False
         saved_lam = cmp.multiplier.weight.detach().clone()
