@@ -32,6 +32,7 @@ from .estimators import Estimate, elbo, kl_estimate, ode_log_likelihood, path_kl
 from .integration import GridQuadrature, MonteCarlo
 from .losses import denoising_score_matching_loss
 from .models import (
+    Conditioned,
     Density,
     GaussianMixture,
     MLPScoreNet,
@@ -62,6 +63,7 @@ __all__ = [
     "SISS",
     "CallableLikelihood",
     "Certificate",
+    "Conditioned",
     "ConstraintEstimate",
     "ConstraintEstimator",
     "Density",

@@ -1,5 +1,6 @@
 """Distributions and score models: protocols, schedules, Gaussian mixtures, torch adapters."""
 
+from .conditioned import Conditioned
 from .gaussian_mixture import GaussianMixture
 from .module_adapter import MLPScoreNet, ModuleScoreModel
 from .parametrization import Prediction, score_to, to_score
@@ -7,6 +8,7 @@ from .protocol import Density, SampleableDensity, ScoreModel
 from .schedule import NoiseSchedule, VPSchedule
 
 __all__ = [
+    "Conditioned",
     "Density",
     "GaussianMixture",
     "MLPScoreNet",
