@@ -56,7 +56,7 @@ import torch
 import dualdiff
 from dualdiff import GaussianMixture, KLConstrainedProblem, sample_ode, sample_sde
 from dualdiff.cli import environment, format_table, limit_threads
-from dualdiff.demo import ring_mixture
+from dualdiff.datasets import ring_mixture
 from dualdiff.noised import ExactNoisedTarget, composed_score_error
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -8,7 +8,7 @@ on the level. Goal: >= 5x fewer total steps.
 
 Setting (exact constraint values, so no estimator noise enters the comparison):
 
-* p0 = ring of 8 equal-weight isotropic Gaussians (``dualdiff.demo.ring_mixture()``: radius
+* p0 = ring of 8 equal-weight isotropic Gaussians (``dualdiff.datasets.ring_mixture()``: radius
   4, std 0.5); q = component 0 (the concept to forget); RU problem
   min KL(p||p0) s.t. KL(p||q) >= b with b = KL(p0||q) + delta (KL(p0||q) = 61.93 nats).
   Integrals on a 85 x 85 grid (``GridQuadrature(extent=6, resolution=3)``; aliasing error
@@ -87,7 +87,7 @@ from typing import Any, NamedTuple
 from dualdiff import GridQuadrature, KLConstrainedProblem
 from dualdiff.baselines import FixedWeightTrainer, esd_eta, esd_lambda
 from dualdiff.cli import environment, format_table, limit_threads
-from dualdiff.demo import ring_mixture
+from dualdiff.datasets import ring_mixture
 from dualdiff.engine import (
     ConstraintEstimator,
     LowEffectiveSampleSizeWarning,

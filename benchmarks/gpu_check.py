@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from dualdiff.demo.ring import load_pretrained_ring
-from dualdiff.demo.run import make_problem
+from dualdiff.datasets.ring import load_pretrained_ring
+from dualdiff.experiments.ring import make_problem
 from dualdiff.engine import ConstraintEstimator, PrimalDualTrainer
 
 

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from dualdiff import KLConstrainedProblem, sample_sde
-from dualdiff.demo import ring_mixture
+from dualdiff.datasets import ring_mixture
 from dualdiff.noised import ExactNoisedTarget, composed_score_error
 
 torch.set_num_threads(1)  # tiny tensors: extra threads only add synchronisation cost

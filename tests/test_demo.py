@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dualdiff.cli import main
-from dualdiff.demo import load_pretrained_ring, ring_mixture
-from dualdiff.demo.run import DEFAULTS, TOLERANCES, make_problem, run_demo
+from dualdiff.datasets import load_pretrained_ring, ring_mixture
+from dualdiff.experiments.ring import DEFAULTS, TOLERANCES, make_problem, run_demo
 from dualdiff.estimators import ode_log_likelihood
 
 
@@ -69,7 +69,7 @@ def test_demo_cli_rejects_bad_arguments(capsys):
 
 
 def test_demo_cli_passes_the_dual_settings_to_run_demo(tmp_path, monkeypatch, capsys):
-    import dualdiff.demo.run as demo_run
+    import dualdiff.experiments.ring as demo_run
 
     seen = {}
 

@@ -478,7 +478,7 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .demo.run import TOLERANCES, run_demo
+    from .experiments.ring import TOLERANCES, run_demo
 
     with limit_threads(args.threads):
         report = run_demo(

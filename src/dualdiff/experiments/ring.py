@@ -30,7 +30,7 @@ import torch
 from .._validation import check_choice
 from ..engine import ConstraintEstimator, PrimalDualTrainer
 from ..problems import KLConstrainedProblem, LikelihoodConstrainedProblem, UnlearningProblem
-from .ring import load_pretrained_ring, ring_mixture
+from ..datasets.ring import load_pretrained_ring, ring_mixture
 
 __all__ = ["DemoConfig", "make_problem", "run_demo", "run_problem"]
 

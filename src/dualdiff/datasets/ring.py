@@ -1,7 +1,7 @@
 """The 2-D ring of eight Gaussians and a small MLP noise-prediction model pretrained on it.
 
 The shipped checkpoint ``ring8_eps_mlp.pt`` was made by
-``python -m dualdiff.demo.ring --output src/dualdiff/demo/ring8_eps_mlp.pt`` (the defaults of
+``python -m dualdiff.datasets.ring --output src/dualdiff/datasets/ring8_eps_mlp.pt`` (the defaults of
 :func:`pretrain_ring_model`); rerunning it reproduces the file up to floating-point
 non-determinism of the platform.
 """
@@ -71,7 +71,7 @@ def pretrain_ring_model(
 def load_pretrained_ring() -> ModuleScoreModel:
     """The shipped pretrained ring model (float32, CPU), wrapped as a score model."""
     net = MLPScoreNet(**ARCH)
-    ref = resources.files("dualdiff.demo").joinpath(CHECKPOINT)
+    ref = resources.files("dualdiff.datasets").joinpath(CHECKPOINT)
     with resources.as_file(ref) as path:
         state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict(state)
