@@ -53,7 +53,7 @@ from dualdiff.engine import (
     TargetCache,
     violations_from,
 )
-from dualdiff.losses import denoising_score_matching_loss
+from dualdiff.diffusion.losses import denoising_score_matching_loss
 from dualdiff.models.module_adapter import MLPScoreNet, ModuleScoreModel
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_engine.json"

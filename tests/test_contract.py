@@ -31,7 +31,7 @@ from dualdiff import (
     LikelihoodConstrainedProblem,
     ScoreModel,
 )
-from dualdiff.noised import ExactNoisedTarget
+from dualdiff.targets.noised import ExactNoisedTarget
 
 F32, F64 = torch.float32, torch.float64
 HAS_CUDA = torch.cuda.is_available()

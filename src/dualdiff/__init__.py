@@ -28,9 +28,9 @@ from .engine import (
     TrainingHistory,
     UnknownOptionError,
 )
-from .estimators import Estimate, elbo, kl_estimate, ode_log_likelihood, path_kl
+from .diffusion.likelihood import Estimate, elbo, kl_estimate, ode_log_likelihood, path_kl
 from .integration import GridQuadrature, MonteCarlo
-from .losses import denoising_score_matching_loss
+from .diffusion.losses import denoising_score_matching_loss
 from .models import (
     Conditioned,
     Density,
@@ -41,8 +41,8 @@ from .models import (
     ScoreModel,
     VPSchedule,
 )
-from .noised import ExactNoisedTarget, ScoreErrorProfile, composed_score_error
-from .potentials import CallableLikelihood, DensityLikelihood, LogLikelihood
+from .targets.noised import ExactNoisedTarget, ScoreErrorProfile, composed_score_error
+from .targets.potentials import CallableLikelihood, DensityLikelihood, LogLikelihood
 from .problems import (
     ForwardKLProblem,
     KLConstrainedProblem,
@@ -50,7 +50,7 @@ from .problems import (
     ReverseKLProblem,
     UnlearningProblem,
 )
-from .sampling import SamplerOutput, sample_ode, sample_sde
+from .diffusion.sampling import SamplerOutput, sample_ode, sample_sde
 from .targets import GeometricTarget, SignedMixtureTarget, Target
 
 try:

@@ -15,7 +15,7 @@ hands it to the existing operators:
   (:func:`SISS`).
 * **NegGrad** (gradient ascent on the forget loss; Golatkar, Achille & Soatto, *Eternal
   Sunshine of the Spotless Net*, CVPR 2020, and the standard "NegGrad+" with a retain term) —
-  :func:`neggrad_loss`, built on :func:`~dualdiff.losses.denoising_score_matching_loss`; with a
+  :func:`neggrad_loss`, built on :func:`~dualdiff.diffusion.losses.denoising_score_matching_loss`; with a
   retain term it is the FU Lagrangian at :func:`neggrad_lambda`.
 
 Training with a hand-set weight uses the engine's own primal step:
@@ -40,7 +40,8 @@ from ._validation import as_tensor, check_choice, check_positive
 from .engine.history import TrainingHistory
 from .engine.multipliers import DualDomainProjection
 from .engine.trainer import PrimalDualTrainer, check_problem
-from .losses import check_score_model, denoising_score_matching_loss
+from .diffusion.losses import denoising_score_matching_loss
+from .models.interface import check_score_model
 from .models.schedule import NoiseSchedule
 from .targets import GeometricTarget, SignedMixtureTarget
 
@@ -344,7 +345,7 @@ def neggrad_loss(
         \;-\;\nu\,\frac1{n_f}\sum_{j}\ell_\theta(x^{f}_j),
 
     with :math:`\ell_\theta` the per-sample denoising score-matching loss
-    (:func:`~dualdiff.losses.denoising_score_matching_loss`), :math:`\mu` = ``weight`` and
+    (:func:`~dualdiff.diffusion.losses.denoising_score_matching_loss`), :math:`\mu` = ``weight`` and
     :math:`\nu` = ``forget_weight``. Without retain samples (``x_retain=None``) it is pure
     NegGrad, :math:`-\nu\,\overline{\ell_\theta}(x^f)`.
 

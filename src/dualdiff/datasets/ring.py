@@ -14,7 +14,7 @@ from importlib import resources
 
 import torch
 
-from ..losses import denoising_score_matching_loss
+from ..diffusion.losses import denoising_score_matching_loss
 from ..models.gaussian_mixture import GaussianMixture
 from ..models.module_adapter import MLPScoreNet, ModuleScoreModel
 

@@ -19,8 +19,8 @@ Two methods:
   target): the functionals are integrated with the problem's own rule
   (grid quadrature or fixed Monte Carlo points), error bars from the rule.
 * ``"ode"`` — any score model: samples from the model's probability-flow ODE sampler
-  (:func:`~dualdiff.sampling.sample_ode`), model log-densities from
-  :func:`~dualdiff.estimators.ode_log_likelihood`, Monte Carlo standard errors. The ODE model
+  (:func:`~dualdiff.diffusion.sampling.sample_ode`), model log-densities from
+  :func:`~dualdiff.diffusion.likelihood.ode_log_likelihood`, Monte Carlo standard errors. The ODE model
   is the density at ``t_min`` (see that function's notes); ``q_i``, ``p0`` and ``l_i`` are
   evaluated at the clean level.
 """
@@ -35,8 +35,8 @@ from typing import Any, Literal, get_args
 import torch
 
 from .._errors import NonFiniteError
-from ..estimators import ode_log_likelihood
-from ..sampling import prior_sample, sample_ode
+from ..diffusion.likelihood import ode_log_likelihood
+from ..diffusion.sampling import prior_sample, sample_ode
 from .options import resolve
 
 __all__ = ["ConstraintEstimate", "ConstraintEstimator", "EstimatorMethod", "violations_from"]
@@ -133,10 +133,10 @@ class ConstraintEstimator:
     estimate_objective
         Also estimate the objective (costs one more ODE likelihood pass for FU and LU).
     ode_kwargs
-        Extra keyword arguments of :func:`~dualdiff.estimators.ode_log_likelihood` (e.g.
+        Extra keyword arguments of :func:`~dualdiff.diffusion.likelihood.ode_log_likelihood` (e.g.
         ``rtol``, ``atol``, ``divergence``).
     sampler_kwargs
-        Extra keyword arguments of :func:`~dualdiff.sampling.sample_ode` (e.g. ``method``,
+        Extra keyword arguments of :func:`~dualdiff.diffusion.sampling.sample_ode` (e.g. ``method``,
         ``steps``).
 
     Notes

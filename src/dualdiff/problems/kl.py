@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import torch
 
-from .._atoms import Atoms, signed_log_sum
+from ..targets._atoms import Atoms, signed_log_sum
 from .._validation import check_choice
 from ..domain import (
     RatioInfimum,
@@ -38,7 +38,7 @@ from ..domain import (
 from ..duality import DualEval
 from ..integration import GridQuadrature, MonteCarlo
 from ..models.gaussian_mixture import GaussianMixture
-from ..potentials import LogLikelihood
+from ..targets.potentials import LogLikelihood
 from ..targets import GeometricTarget, SignedMixtureTarget
 from .base import UnlearningProblem
 
