@@ -15,8 +15,9 @@ hands it to the existing operators:
   (:func:`SISS`).
 * **NegGrad** (gradient ascent on the forget loss; Golatkar, Achille & Soatto, *Eternal
   Sunshine of the Spotless Net*, CVPR 2020, and the standard "NegGrad+" with a retain term) —
-  :func:`neggrad_loss`, built on :func:`~dualdiff.diffusion.losses.denoising_score_matching_loss`; with a
-  retain term it is the FU Lagrangian at :func:`neggrad_lambda`.
+  :func:`neggrad_loss`, built on
+  :func:`~dualdiff.diffusion.losses.denoising_score_matching_loss`; with a retain term it is the FU
+  Lagrangian at :func:`neggrad_lambda`.
 
 Training with a hand-set weight uses the engine's own primal step:
 :class:`FixedWeightTrainer` is a :class:`~dualdiff.engine.PrimalDualTrainer` whose dual step
@@ -37,10 +38,10 @@ import torch
 
 from ._errors import DualDomainError
 from ._validation import as_tensor, check_choice, check_positive
+from .diffusion.losses import denoising_score_matching_loss
 from .engine.history import TrainingHistory
 from .engine.multipliers import DualDomainProjection
 from .engine.trainer import PrimalDualTrainer, check_problem
-from .diffusion.losses import denoising_score_matching_loss
 from .models.interface import check_score_model
 from .models.schedule import NoiseSchedule
 from .targets import GeometricTarget, SignedMixtureTarget

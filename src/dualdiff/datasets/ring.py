@@ -1,7 +1,8 @@
 """The 2-D ring of eight Gaussians and a small MLP noise-prediction model pretrained on it.
 
 The shipped checkpoint ``ring8_eps_mlp.pt`` was made by
-``python -m dualdiff.datasets.ring --output src/dualdiff/datasets/ring8_eps_mlp.pt`` (the defaults of
+``python -m dualdiff.datasets.ring --output src/dualdiff/datasets/ring8_eps_mlp.pt``
+(the defaults of
 :func:`pretrain_ring_model`); rerunning it reproduces the file up to floating-point
 non-determinism of the platform.
 """

@@ -12,8 +12,8 @@ r"""Likelihood and KL estimators for black-box score models and densities.
 Monte Carlo estimators return an :class:`Estimate` ``(value, stderr, n)``. All conventions follow
 :ref:`the diffusion view <diffusion-view>`: VP forward process
 :math:`x_t = \alpha_t x_0 + \sigma_t\varepsilon`, prior
-:math:`\pi = \mathcal N(0, \sigma_{t_{\max}}^2 I)` (the one the samplers in :mod:`dualdiff.diffusion.sampling`
-draw from), time range :math:`[t_{\min}, t_{\max}]`.
+:math:`\pi = \mathcal N(0, \sigma_{t_{\max}}^2 I)` (the one the samplers in
+:mod:`dualdiff.diffusion.sampling` draw from), time range :math:`[t_{\min}, t_{\max}]`.
 """
 
 from __future__ import annotations
@@ -322,7 +322,8 @@ def ode_log_likelihood(
 
     The model density is the prior pushed through the ODE
     :math:`\dot x = v(x,t) = f(t)x - \tfrac12 g(t)^2 s_\theta(x,t)` from :math:`t_{\max}` down
-    to :math:`t_{\min}` — the distribution :func:`~dualdiff.diffusion.sampling.sample_ode` draws from.
+    to :math:`t_{\min}` — the distribution
+    :func:`~dualdiff.diffusion.sampling.sample_ode` draws from.
     Integrating forwards from :math:`x_{t_{\min}} = x` with the instantaneous
     change of variables,
 

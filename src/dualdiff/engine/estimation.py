@@ -20,8 +20,8 @@ Two methods:
   (grid quadrature or fixed Monte Carlo points), error bars from the rule.
 * ``"ode"`` — any score model: samples from the model's probability-flow ODE sampler
   (:func:`~dualdiff.diffusion.sampling.sample_ode`), model log-densities from
-  :func:`~dualdiff.diffusion.likelihood.ode_log_likelihood`, Monte Carlo standard errors. The ODE model
-  is the density at ``t_min`` (see that function's notes); ``q_i``, ``p0`` and ``l_i`` are
+  :func:`~dualdiff.diffusion.likelihood.ode_log_likelihood`, Monte Carlo standard errors. The
+  ODE model is the density at ``t_min`` (see that function's notes); ``q_i``, ``p0`` and ``l_i`` are
   evaluated at the clean level.
 """
 

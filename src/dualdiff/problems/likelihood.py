@@ -23,8 +23,8 @@ from ..domain import log_tilt_in_domain, log_tilt_upper_bounds
 from ..duality import DualEval
 from ..integration import GridQuadrature, MonteCarlo
 from ..models.gaussian_mixture import GaussianMixture
-from ..targets.potentials import CallableLikelihood, DensityLikelihood, LogLikelihood, Potential
 from ..targets import GeometricTarget
+from ..targets.potentials import CallableLikelihood, DensityLikelihood, LogLikelihood, Potential
 from .base import UnlearningProblem
 from .kl import _centred_cov, reverse_kl_to_pretrained
 
