@@ -22,16 +22,16 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from diffusers import (  # noqa: E402
+from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
     UNet2DConditionModel,
     UNet2DModel,
 )
-from diffusers.models.unets.unet_2d import UNet2DOutput  # noqa: E402
+from diffusers.models.unets.unet_2d import UNet2DOutput
 
-from dualdiff import NoiseSchedule, ScoreModel  # noqa: E402
-from dualdiff.adapters.diffusers import (  # noqa: E402
+from dualdiff import NoiseSchedule, ScoreModel
+from dualdiff.adapters.diffusers import (
     DiffusersSchedule,
     DiffusersScoreModel,
 )
@@ -442,10 +442,10 @@ def test_lora_teacher_is_the_pretrained_model(kind):
     trained = _dsm_step(model)
     assert trained and all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
     after = model.eps(x, t, cond).detach()
-    assert float((after - before).abs().max()) > 1e-6  # the student moved ...
-    assert torch.allclose(teacher.eps(x, t, cond), before, rtol=0, atol=1e-14)  # ... not the teacher
-    assert torch.allclose(teacher.score(x, t, cond), -before / model.schedule.sigma(t).reshape(
-        -1, 1, 1, 1), rtol=1e-12, atol=1e-12)
+    assert float((after - before).abs().max()) > 1e-6  # the student moved, not the teacher:
+    assert torch.allclose(teacher.eps(x, t, cond), before, rtol=0, atol=1e-14)
+    sigma = model.schedule.sigma(t).reshape(-1, 1, 1, 1)
+    assert torch.allclose(teacher.score(x, t, cond), -before / sigma, rtol=1e-12, atol=1e-12)
     # Base weights unchanged (peft renames W to base_layer.W).
     state = model.module.state_dict()
     for k, v in base_before.items():
@@ -620,7 +620,7 @@ def test_call_bad_inputs():
     with pytest.raises(ValueError, match=r"score: parameter 'x' must be a floating tensor of "
                                          r"shape \(n, 1, H, W\), got shape \(2, 64\)"):
         model.score(x.reshape(2, 64), 0.5)
-    with pytest.raises(ValueError, match=r"class labels in \[0, 3\] \(3 is the null class\), got 4"):
+    with pytest.raises(ValueError, match=r"labels in \[0, 3\] \(3 is the null class\), got 4"):
         model.score(x, 0.5, cond=4)
     with pytest.raises(TypeError, match=r"'cond' must be None \(the null class\), an int"):
         model.score(x, 0.5, cond=1.5)
