@@ -10,13 +10,15 @@ the variants of a table alternate within each round so machine load hits them al
 1. **adapter overhead**: ``DiffusersScoreModel.eps(x, t, cond)`` (time broadcast and clamp,
    schedule lookup, float timestep, class labels, prediction conversion) against the bare call
    ``unet(x, tau, class_labels=labels).sample`` with precomputed ``tau`` and ``labels``; ratio
-   adapter / bare. Also the LoRA teacher (adapter disabled and re-enabled per call) against the
-   bare call of the LoRA UNet with its adapter.
+   adapter / bare. The row ``adapter_work_only`` times that extra work alone (the UNet output
+   precomputed), which is less sensitive to machine noise than the difference of two forwards.
+   Also the LoRA teacher (adapter disabled and re-enabled per call) against the bare call of
+   the LoRA UNet with its adapter.
 2. **batched conditions**: ``eps_many(x, t, conds)`` with ``k`` conditions against one bare
    forward of batch ``k * n`` and against ``k`` separate ``eps`` calls.
 
-The tiny UNet is the worst case for the adapter's fixed per-call cost (its forward is ~1 ms);
-the overhead shrinks in proportion as the UNet grows.
+The tiny UNet is the worst case for the adapter's fixed per-call cost (its forward takes a few
+ms at n = 16 on one CPU core); the relative overhead shrinks as the UNet grows.
 
 Run:  python benchmarks/bench_diffusers_adapter.py [--n 16] [--calls 20] [--repeats 15]
       [--threads 1] [--quick]
@@ -113,17 +115,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             bare_out = unet(x, tau, class_labels=labels).sample
             assert torch.allclose(model.eps(x, t, 1), bare_out, atol=1e-6)
 
+        def adapter_work() -> torch.Tensor:
+            # Everything eps() does except the UNet forward (whose output is precomputed).
+            tt, alpha, sigma = model._prepare(x, t, "eps")
+            model._batch_cond(1, n, x.device, "eps")
+            model.schedule.timestep(tt)
+            return model._to_eps(bare_out.to(x.dtype), x, alpha, sigma)
+
         rows: list[dict[str, Any]] = []
         res = time_variants(
             {
                 "bare": lambda: unet(x, tau, class_labels=labels).sample,
+                "adapter_work_only": adapter_work,
                 "adapter_eps": lambda: model.eps(x, t, 1),
                 "adapter_score": lambda: model.score(x, t, 1),
             },
             args.calls,
             args.repeats,
         )
-        for name in ("adapter_eps", "adapter_score"):
+        for name in ("adapter_work_only", "adapter_eps", "adapter_score"):
             rows.append(
                 {
                     "table": "overhead",

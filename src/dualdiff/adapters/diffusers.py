@@ -259,7 +259,7 @@ class DiffusersSchedule:
         """Float64 times clamped into the table, their interval index ``j`` and the out dtype."""
         if isinstance(t, torch.Tensor):
             out_dtype = t.dtype if t.is_floating_point() else torch.float64
-            tt = t.detach().to(torch.float64) if not t.requires_grad else t.to(torch.float64)
+            tt = t.to(torch.float64)
         else:
             out_dtype = torch.float64
             tt = torch.tensor(float(t), dtype=torch.float64)
@@ -268,12 +268,17 @@ class DiffusersSchedule:
         j = (torch.ceil(u) - 1).clamp(0, self._n_end - 1).to(torch.long)
         return tt, j, out_dtype
 
-    def log_alphas_cumprod(self, t: torch.Tensor | float) -> torch.Tensor:
-        r""":math:`\log\bar\alpha(t)`, piecewise linear in ``t`` (see the class docstring)."""
+    def _log_abar64(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.dtype]:
+        r"""Float64 :math:`\log\bar\alpha(t)` and the dtype results are returned in."""
         tt, j, out_dtype = self._segment(t)
         nodes, slopes = self._tables(tt.device)
-        left = j.to(tt.dtype) / self.num_train_timesteps
-        return (nodes[j] + slopes[j] * (tt - left)).to(out_dtype)
+        left = j.to(torch.float64) / self.num_train_timesteps
+        return nodes[j] + slopes[j] * (tt - left), out_dtype
+
+    def log_alphas_cumprod(self, t: torch.Tensor | float) -> torch.Tensor:
+        r""":math:`\log\bar\alpha(t)`, piecewise linear in ``t`` (see the class docstring)."""
+        la, out_dtype = self._log_abar64(t)
+        return la.to(out_dtype)
 
     def _dlog(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.dtype]:
         tt, j, out_dtype = self._segment(t)
@@ -283,13 +288,18 @@ class DiffusersSchedule:
     # ------------------------------------------------------------------ the protocol
     def alpha(self, t: torch.Tensor | float) -> torch.Tensor:
         r"""Signal scale :math:`\alpha_t = \bar\alpha(t)^{1/2}`, same shape as ``t``."""
-        la = self.log_alphas_cumprod(t)
-        return torch.exp(0.5 * la.to(torch.float64)).to(la.dtype)
+        la, out_dtype = self._log_abar64(t)
+        return torch.exp(0.5 * la).to(out_dtype)
 
     def sigma(self, t: torch.Tensor | float) -> torch.Tensor:
         r"""Noise scale :math:`\sigma_t = (1-\bar\alpha(t))^{1/2}` (computed with ``expm1``)."""
-        la = self.log_alphas_cumprod(t)
-        return torch.sqrt(-torch.expm1(la.to(torch.float64))).to(la.dtype)
+        la, out_dtype = self._log_abar64(t)
+        return torch.sqrt(-torch.expm1(la)).to(out_dtype)
+
+    def alpha_sigma(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":math:`(\alpha_t, \sigma_t)` from one table lookup (what score models need per call)."""
+        la, out_dtype = self._log_abar64(t)
+        return torch.exp(0.5 * la).to(out_dtype), torch.sqrt(-torch.expm1(la)).to(out_dtype)
 
     def g(self, t: torch.Tensor | float) -> torch.Tensor:
         r"""Diffusion coefficient :math:`g(t) = (-d\log\bar\alpha/dt)^{1/2}` (piecewise const)."""
@@ -303,9 +313,8 @@ class DiffusersSchedule:
 
     def log_snr(self, t: torch.Tensor | float) -> torch.Tensor:
         r"""Log signal-to-noise ratio :math:`\log(\alpha_t^2/\sigma_t^2)`."""
-        la = self.log_alphas_cumprod(t)
-        la64 = la.to(torch.float64)
-        return (la64 - torch.log(-torch.expm1(la64))).to(la.dtype)
+        la, out_dtype = self._log_abar64(t)
+        return (la - torch.log(-torch.expm1(la))).to(out_dtype)
 
     def clamp(self, t: torch.Tensor | float) -> torch.Tensor:
         """Clamp ``t`` into ``[0, t_max]``."""
@@ -615,9 +624,8 @@ class DiffusersScoreModel:
             )
         tt = clamp_time(broadcast_time(t, x, owner), self.schedule)
         shape = (x.shape[0], 1, 1, 1)
-        alpha = self.schedule.alpha(tt).to(x.dtype).reshape(shape)
-        sigma = self.schedule.sigma(tt).to(x.dtype).reshape(shape)
-        return tt, alpha, sigma
+        alpha, sigma = self.schedule.alpha_sigma(tt)
+        return tt, alpha.to(x.dtype).reshape(shape), sigma.to(x.dtype).reshape(shape)
 
     def _batch_cond(self, cond: Any, n: int, device: torch.device, owner: str) -> Any:
         """The UNet's conditioning input for a batch of ``n`` (labels ``(n,)`` or ``(n, L, D)``)."""
