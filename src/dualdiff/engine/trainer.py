@@ -6,7 +6,7 @@ r"""The primal-dual trainer: :ref:`the primal–dual algorithm <primal-dual>` on
 
 (for LU the violation is :math:`\hat C - \tau`), with :math:`\mathcal J` one of the primal
 forms of :mod:`dualdiff.engine.primal`, :math:`\hat C` a model-based estimate
-(:mod:`dualdiff.engine.estimation`) refreshed every ``estimate_every`` steps, and
+(:mod:`dualdiff.engine.constraints`) refreshed every ``estimate_every`` steps, and
 :math:`\Pi_{\mathcal D}` the projection into the dual domain
 (:mod:`dualdiff.engine.multipliers`). Each step is one ``roll`` of a Cooper constrained
 optimiser on the :class:`~dualdiff.engine.UnlearningCMP`.
@@ -28,7 +28,7 @@ from torch import nn
 from .._errors import NonFiniteError
 from .._validation import check_positive
 from .cmp import NonFiniteStep, UnlearningCMP
-from .estimation import ConstraintEstimate, ConstraintEstimator
+from .constraints import ConstraintEstimate, ConstraintEstimator
 from .history import StepRecord, TrainingHistory
 from .multipliers import DualDomainProjection
 from .optim import GuardedExtrapolationOptimizer, build_constrained_optimizer
@@ -39,7 +39,7 @@ from .options import (
     resolve,
 )
 from .primal import DataSampler, PrimalForm, TargetCache, make_primal_form
-from .schedule import DualUpdateRule, RuleSnapshot, make_dual_update_rule
+from .dual_update import DualUpdateRule, RuleSnapshot, make_dual_update_rule
 
 __all__ = ["Callback", "PrimalDualTrainer"]
 
