@@ -13,7 +13,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .cmp import NonFiniteStep, UnlearningCMP, UnlearningCMPState
 from .constraints import ConstraintEstimate, ConstraintEstimator, violations_from
 from .history import StepRecord, TrainingHistory
-from .multipliers import DualDomainProjection, ProjectedMultiplier, project_capped_box
+from ..problems.dual_domain import DualDomainProjection, project_capped_box
+from .projected_multiplier import ProjectedMultiplier
 from .optim import build_constrained_optimizer
 from .options import (
     DUAL_OPTIMIZERS,

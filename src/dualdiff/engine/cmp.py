@@ -56,7 +56,8 @@ from cooper.utils import ConstraintType
 from .._errors import NonFiniteError
 from .._validation import check_positive
 from .constraints import ConstraintEstimate, as_estimate
-from .multipliers import DualDomainProjection, ProjectedMultiplier
+from ..problems.dual_domain import DualDomainProjection
+from .projected_multiplier import ProjectedMultiplier
 from .options import FORMULATIONS, resolve
 from .primal import PrimalBatch, PrimalForm
 from .dual_update import DualUpdateRule, EveryEstimate

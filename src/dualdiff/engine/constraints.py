@@ -10,7 +10,10 @@ For the current model :math:`p_\theta` (the dual step of
 * LU: :math:`C_i = E_{p_\theta}[\ell_i]`, objective :math:`\mathrm{KL}(p_\theta\|p_0)`.
 
 Violations in Cooper's convention (:math:`g \le 0` is feasible) are :math:`b_i - C_i` (KL
-problems) and :math:`C_i - \tau_i` (LU), i.e. exactly the Danskin gradient of the dual.
+problems) and :math:`C_i - \tau_i` (LU), i.e. exactly the Danskin gradient of the dual; the
+sign lives in the problem (:meth:`~dualdiff.problems.UnlearningProblem.violations`), and so
+do the functionals (:meth:`~dualdiff.problems.UnlearningProblem.estimate_constraints`): this
+module only chooses how the trained model is sampled and evaluated.
 
 Two methods:
 
@@ -20,102 +23,37 @@ Two methods:
   (grid quadrature or fixed Monte Carlo points), error bars from the rule.
 * ``"ode"`` — any score model: samples from the model's probability-flow ODE sampler
   (:func:`~dualdiff.sampling.sample_ode`), model log-densities from
-  :func:`~dualdiff.estimators.ode_log_likelihood`, Monte Carlo standard errors. The ODE model
-  is the density at ``t_min`` (see that function's notes); ``q_i``, ``p0`` and ``l_i`` are
-  evaluated at the clean level.
+  :func:`~dualdiff.estimators.ode_log_likelihood` (exact divergence up to 8 event entries,
+  Hutchinson beyond), Monte Carlo standard errors. The ODE model is the density at ``t_min``
+  (see that function's notes); ``q_i``, ``p0`` and ``l_i`` are evaluated by the problem
+  (exactly for mixtures, by its own likelihood estimator for frozen networks).
+* ``"elbo"`` — as ``"ode"`` but the model's log-density is its
+  :func:`~dualdiff.estimators.elbo` (a lower bound; cheaper per sample).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import torch
 
-from .._errors import NonFiniteError
-from ..estimators import ode_log_likelihood
-from ..sampling import prior_sample, sample_ode
+from ..problems.contract import ConstraintEstimate, DensityEstimator
 from .options import resolve
 
 __all__ = ["ConstraintEstimate", "ConstraintEstimator", "EstimatorMethod", "violations_from"]
 
-EstimatorMethod = Literal["auto", "exact", "ode"]
+EstimatorMethod = Literal["auto", "exact", "ode", "elbo"]
 _METHODS: tuple[str, ...] = get_args(EstimatorMethod)
 _DTYPE = torch.float64
 
 
 def violations_from(problem: Any, constraints: torch.Tensor) -> torch.Tensor:
-    r"""Cooper violations from constraint values ``(m,)``.
+    r"""Cooper violations from constraint values ``(m,)``: ``problem.violations(constraints)``.
 
     :math:`b - C` for RU and FU, :math:`C-\tau` for LU (feasible when ``<= 0``).
     """
-    c = constraints.to(_DTYPE)
-    if problem.kind == "LU":
-        return c - problem.bounds.to(c.device)
-    return problem.bounds.to(c.device) - c
-
-
-@dataclass
-class ConstraintEstimate:
-    r"""Objective and constraint estimates of one model, with standard errors.
-
-    Attributes
-    ----------
-    constraints
-        :math:`C_i(p_\theta)`, shape ``(m,)`` (float64).
-    constraint_stderr
-        Their standard errors (quadrature error bars for ``"exact"``), shape ``(m,)``.
-    violations
-        Cooper violations (:func:`violations_from`), shape ``(m,)``.
-    objective
-        Objective estimate, or ``None`` if not computed.
-    objective_stderr
-        Its standard error, or ``None``.
-    method
-        ``"exact"``, ``"ode"`` or ``"custom"``.
-    n
-        Number of Monte Carlo samples per quantity (0 for ``"exact"``).
-    extras
-        Free-form diagnostics (e.g. ODE function evaluations).
-    """
-
-    constraints: torch.Tensor
-    constraint_stderr: torch.Tensor
-    violations: torch.Tensor
-    objective: float | None = None
-    objective_stderr: float | None = None
-    method: str = "custom"
-    n: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    def is_finite(self) -> bool:
-        """Whether the constraint values (and the objective, if any) are finite."""
-        ok = bool(torch.isfinite(self.constraints).all())
-        if self.objective is not None:
-            ok = ok and math.isfinite(self.objective)
-        return ok
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return {
-            "constraints": self.constraints.tolist(),
-            "constraint_stderr": self.constraint_stderr.tolist(),
-            "violations": self.violations.tolist(),
-            "objective": self.objective,
-            "objective_stderr": self.objective_stderr,
-            "method": self.method,
-            "n": self.n,
-        }
-
-
-def _mean_se(terms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard error along the last axis."""
-    n = terms.shape[-1]
-    mean = terms.mean(-1)
-    se = terms.std(-1, unbiased=True) / math.sqrt(n) if n > 1 else torch.full_like(mean, math.inf)
-    return mean, se
+    return problem.violations(constraints.to(_DTYPE))  # type: ignore[no-any-return]
 
 
 class ConstraintEstimator:
@@ -126,12 +64,12 @@ class ConstraintEstimator:
     problem
         The :class:`~dualdiff.UnlearningProblem`.
     method
-        ``"auto"`` (``"exact"`` when the model has ``log_prob``, else ``"ode"``), ``"exact"``
-        or ``"ode"``.
+        ``"auto"`` (``"exact"`` when the problem has a closed form and the model has
+        ``log_prob``, else ``"ode"``), ``"exact"``, ``"ode"`` or ``"elbo"``.
     n_samples
-        Monte Carlo sample size of the ``"ode"`` method.
+        Monte Carlo sample size of the ``"ode"`` and ``"elbo"`` methods.
     estimate_objective
-        Also estimate the objective (costs one more ODE likelihood pass for FU and LU).
+        Also estimate the objective (costs one more likelihood pass for FU and LU).
     ode_kwargs
         Extra keyword arguments of :func:`~dualdiff.estimators.ode_log_likelihood` (e.g.
         ``rtol``, ``atol``, ``divergence``).
@@ -170,15 +108,16 @@ class ConstraintEstimator:
 
     def __repr__(self) -> str:
         return (
-            f"ConstraintEstimator(kind={self.problem.kind}, method={self.method!r}, "
-            f"n_samples={self.n_samples})"
+            f"ConstraintEstimator(problem={type(self.problem).__name__}, "
+            f"method={self.method!r}, n_samples={self.n_samples})"
         )
 
     def resolved_method(self, model: Any) -> str:
         """The method used for ``model`` (``"auto"`` resolved)."""
         if self.method != "auto":
             return self.method
-        return "exact" if callable(getattr(model, "log_prob", None)) else "ode"
+        exact = self.problem.has_closed_form and callable(getattr(model, "log_prob", None))
+        return "exact" if exact else "ode"
 
     def __call__(self, model: Any, generator: torch.Generator | None = None) -> ConstraintEstimate:
         """Estimate for ``model``; see the module docstring for the formulas."""
@@ -189,108 +128,20 @@ class ConstraintEstimator:
                     "ConstraintEstimator: method='exact' needs a model with an analytic "
                     f"log_prob(x), got {type(model).__name__}; use method='ode'"
                 )
-            return self._exact(model)
-        return self._ode(model, generator)
-
-    # ------------------------------------------------------------------ exact
-    def _exact(self, model: Any) -> ConstraintEstimate:
-        prob = self.problem
-        x = prob.rule.points
-        dtype = _model_dtype(model) or _DTYPE
-        with torch.no_grad():
-            lp = model.log_prob(x.to(dtype=dtype, device=_model_device(model))).to(
-                device=x.device, dtype=_DTYPE
-            )
-        if lp.shape != (x.shape[0],) or bool(torch.isnan(lp).any()):
-            raise NonFiniteError(
-                "ConstraintEstimator: model.log_prob returned NaN or a wrong shape on the "
-                "integration points"
-            )
-        f, fe, c, ce = prob._objective_and_constraints(lp)
-        return ConstraintEstimate(
-            constraints=c.detach().clone(),
-            constraint_stderr=ce.detach().clone(),
-            violations=violations_from(prob, c),
-            objective=float(f),
-            objective_stderr=float(fe),
-            method="exact",
-            n=0,
+            return self.problem.exact_constraints(model)  # type: ignore[no-any-return]
+        density = DensityEstimator(
+            likelihood=method,
+            ode_kwargs=self.ode_kwargs,
+            sampler_kwargs=self.sampler_kwargs,
+            use_log_prob=False,
         )
-
-    # ------------------------------------------------------------------ ODE / Monte Carlo
-    def _model_samples(self, model: Any, generator: torch.Generator | None) -> torch.Tensor:
-        prob = self.problem
-        dtype = _model_dtype(model) or _DTYPE
-        device = _model_device(model)
-        sched = getattr(model, "schedule", None) or prob.pretrained.schedule
-        x_init = prior_sample((self.n_samples, prob.dim), sched, generator=generator, dtype=dtype)
-        x = sample_ode(
-            model, None, schedule=sched, x_init=x_init.to(device), dtype=dtype, device=device,
-            **self.sampler_kwargs,
+        return self.problem.estimate_constraints(  # type: ignore[no-any-return]
+            model,
+            n_samples=self.n_samples,
+            generator=generator,
+            density=density,
+            estimate_objective=self.estimate_objective,
         )
-        assert isinstance(x, torch.Tensor)
-        return x
-
-    def _log_model(self, model: Any, x: torch.Tensor) -> torch.Tensor:
-        dtype = _model_dtype(model) or _DTYPE
-        out = ode_log_likelihood(
-            model, x.to(dtype=dtype, device=_model_device(model)), **self.ode_kwargs
-        )
-        assert isinstance(out, torch.Tensor)
-        return out.to(device="cpu", dtype=_DTYPE)
-
-    def _ode(self, model: Any, generator: torch.Generator | None) -> ConstraintEstimate:
-        prob = self.problem
-        n = self.n_samples
-        objective: tuple[torch.Tensor, torch.Tensor] | None = None
-        if prob.kind in ("RU", "LU"):
-            x = self._model_samples(model, generator).to(device="cpu", dtype=_DTYPE)
-            need_lp = prob.kind == "RU" or self.estimate_objective
-            lp = self._log_model(model, x) if need_lp else None
-            if prob.kind == "RU":
-                assert lp is not None
-                lq = torch.stack([q.log_prob(x) for q in prob.unlearn])  # (m, n)
-                c, ce = _mean_se(lp - lq)
-            else:
-                ell = torch.stack([pot.value(x).to(_DTYPE) for pot in prob.potentials])
-                c, ce = _mean_se(ell)
-            if self.estimate_objective and lp is not None:
-                objective = _mean_se(lp - prob.pretrained.log_prob(x))
-        else:  # FU: expectations under q_i and p0, which are sampled directly
-            terms = []
-            with torch.no_grad():
-                for q in prob.unlearn:
-                    xq = q.sample(n, generator=generator)
-                    terms.append(q.log_prob(xq) - self._log_model(model, xq))
-            c, ce = _mean_se(torch.stack(terms))
-            if self.estimate_objective:
-                x0 = prob.pretrained.sample(n, generator=generator)
-                objective = _mean_se(prob.pretrained.log_prob(x0) - self._log_model(model, x0))
-        return ConstraintEstimate(
-            constraints=c,
-            constraint_stderr=ce,
-            violations=violations_from(prob, c),
-            objective=None if objective is None else float(objective[0]),
-            objective_stderr=None if objective is None else float(objective[1]),
-            method="ode",
-            n=n,
-        )
-
-
-def _model_dtype(model: Any) -> torch.dtype | None:
-    params = getattr(model, "parameters", None)
-    if callable(params):
-        for p in params():
-            return p.dtype
-    return getattr(model, "dtype", None)
-
-
-def _model_device(model: Any) -> torch.device:
-    params = getattr(model, "parameters", None)
-    if callable(params):
-        for p in params():
-            return p.device
-    return torch.device("cpu")
 
 
 def as_estimate(problem: Any, value: Any) -> ConstraintEstimate:
