@@ -28,9 +28,10 @@ from typing import Any
 import torch
 
 from .._validation import check_choice
-from ..engine import ConstraintEstimator, PrimalDualTrainer
-from ..problems import KLConstrainedProblem, LikelihoodConstrainedProblem, UnlearningProblem
 from ..datasets.ring import load_pretrained_ring, ring_mixture
+from ..engine import ConstraintEstimator, PrimalDualTrainer
+from ..problems import AnalyticProblem as UnlearningProblem  # the closed-form problems
+from ..problems import KLConstrainedProblem, LikelihoodConstrainedProblem
 
 __all__ = ["DemoConfig", "make_problem", "run_demo", "run_problem"]
 
