@@ -46,7 +46,8 @@ def _net(seed: int) -> ModuleScoreModel:
 
 
 def _data(n: int, seed: int, shift: float = 0.0) -> torch.Tensor:
-    return shift + torch.randn(n, *EVENT, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    return shift + torch.randn(n, *EVENT, dtype=torch.float64, generator=g)
 
 
 def _ell(x: torch.Tensor) -> torch.Tensor:

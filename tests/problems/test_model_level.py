@@ -125,7 +125,9 @@ def test_ru_estimate_dual_with_given_log_ratios() -> None:
 
     for seed in (0, 1):
         x = p0.sample(4000, generator=torch.Generator().manual_seed(seed))
-        prob = KLConstrainedProblem(ScoreOnly(p0), [ScoreOnly(q)], bounds=[6.0], log_ratio=log_ratio)
+        prob = KLConstrainedProblem(
+            ScoreOnly(p0), [ScoreOnly(q)], bounds=[6.0], log_ratio=log_ratio
+        )
         est = prob.estimate_dual(samples=x)
         se = float(est.multiplier_stderr[0])
         assert abs(float(est.multipliers[0] - exact.multipliers[0])) < 3 * se
@@ -202,7 +204,8 @@ def test_bad_model_level_input() -> None:
     with pytest.raises(TypeError, match=r"'unlearn\[0\]' must be .*ScoreModel.*got float"):
         KLConstrainedProblem(ScoreOnly(_p0()), [3.0], bounds=[1.0])
     with pytest.raises(ValueError, match=r"event shape is unknown"):
-        _ = LikelihoodConstrainedProblem(ScoreOnly(_p0()), [_q().log_prob], bounds=[1.0]).event_shape
+        prob = LikelihoodConstrainedProblem(ScoreOnly(_p0()), [_q().log_prob], bounds=[1.0])
+        _ = prob.event_shape
     with pytest.raises(ValueError, match=r"'samples' must have shape"):
         LikelihoodConstrainedProblem(
             ScoreOnly(_p0()), [_q().log_prob], bounds=[1.0], event_shape=(1,)
