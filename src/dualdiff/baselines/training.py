@@ -14,10 +14,10 @@ from .._errors import DualDomainError
 from .._validation import as_tensor, check_positive
 from ..diffusion.losses import denoising_score_matching_loss
 from ..engine.history import TrainingHistory
-from ..engine.multipliers import DualDomainProjection
 from ..engine.trainer import PrimalDualTrainer, check_problem
 from ..models.interface import check_score_model
 from ..models.schedule import NoiseSchedule
+from ..problems.dual_domain import DualDomainProjection
 
 __all__ = [
     "FixedWeightTrainer",

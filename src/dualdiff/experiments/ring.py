@@ -30,7 +30,8 @@ import torch
 from .._validation import check_choice
 from ..datasets.ring import load_pretrained_ring, ring_mixture
 from ..engine import ConstraintEstimator, PrimalDualTrainer
-from ..problems import KLConstrainedProblem, LikelihoodConstrainedProblem, UnlearningProblem
+from ..problems import AnalyticProblem as UnlearningProblem  # the closed-form problems
+from ..problems import KLConstrainedProblem, LikelihoodConstrainedProblem
 
 __all__ = ["DemoConfig", "make_problem", "run_demo", "run_problem"]
 

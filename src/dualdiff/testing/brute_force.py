@@ -17,9 +17,7 @@ import scipy.special
 import scipy.stats
 import torch
 
-from ..problems import (
-    UnlearningProblem,
-)
+from ..problems import AnalyticProblem as UnlearningProblem  # the closed-form problems
 from .densities import _mixture_params, mixture_log_pdf
 
 __all__ = [

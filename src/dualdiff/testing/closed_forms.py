@@ -16,9 +16,9 @@ import scipy.special
 import scipy.stats
 
 from ..models.gaussian_mixture import GaussianMixture
+from ..problems import AnalyticProblem as UnlearningProblem  # the closed-form problems
 from ..problems import (
     LikelihoodConstrainedProblem,
-    UnlearningProblem,
 )
 from .densities import _kl_problem, gaussian_kl, mixture_log_pdf
 

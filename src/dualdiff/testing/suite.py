@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..models.gaussian_mixture import GaussianMixture
+from ..problems import AnalyticProblem as UnlearningProblem  # the closed-form problems
 from ..problems import (
     LikelihoodConstrainedProblem,
-    UnlearningProblem,
 )
 from .densities import _kl_problem, mixture_log_pdf
 
