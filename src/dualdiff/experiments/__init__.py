@@ -1,0 +1,34 @@
+"""Experiments and their evaluation: metrics of unlearned diffusion models.
+
+:mod:`dualdiff.experiments.metrics` holds the metric functions (classifier-based accuracies,
+Fréchet distance / KID via torchmetrics, ODE and ELBO likelihoods, path-KL deviation).
+torchmetrics is imported only when a distance is computed.
+"""
+
+from .metrics import (
+    NLL,
+    ClassProportions,
+    RetainedAccuracy,
+    class_proportions,
+    deviation,
+    elbo_nll,
+    forget_accuracy,
+    frechet_distance,
+    kid,
+    nll,
+    retained_accuracy,
+)
+
+__all__ = [
+    "NLL",
+    "ClassProportions",
+    "RetainedAccuracy",
+    "class_proportions",
+    "deviation",
+    "elbo_nll",
+    "forget_accuracy",
+    "frechet_distance",
+    "kid",
+    "nll",
+    "retained_accuracy",
+]
