@@ -177,3 +177,15 @@ def test_pretraining_script_runs_saves_a_loadable_checkpoint_and_the_loss_falls(
     unet, sched = load_digits_ddpm(out)
     assert unet.config.sample_size == 8 and sched.config.num_train_timesteps == 1000
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_pretraining_is_deterministic_on_cpu(tmp_path):
+    pytest.importorskip("diffusers")
+    from dualdiff.datasets.digits_model import load_digits_ddpm
+    from dualdiff.datasets.digits_pretrain import pretrain_digits_ddpm
+
+    logs = [pretrain_digits_ddpm(tmp_path / str(i), steps=8, log_every=4) for i in range(2)]
+    assert logs[0]["loss"] == logs[1]["loss"]
+    a, b = (load_digits_ddpm(tmp_path / str(i))[0].state_dict() for i in range(2))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -28,6 +28,7 @@ __all__ = [
     "SCHEDULER_CONFIG",
     "UNET_CONFIG",
     "load_digits_ddpm",
+    "load_digits_score_model",
     "make_digits_scheduler",
     "make_digits_unet",
     "sample_digits",
@@ -100,6 +101,26 @@ def load_digits_ddpm(path: str | Path | None = None) -> tuple[Any, Any]:
         with resources.as_file(ref) as p:
             return _load(dif, Path(p), owner)
     return _load(dif, Path(path), owner)
+
+
+def load_digits_score_model(path: str | Path | None = None) -> Any:
+    r"""The digits DDPM as a dualdiff score model (a ``DiffusersScoreModel``).
+
+    :class:`~dualdiff.adapters.diffusers.DiffusersScoreModel` of :func:`load_digits_ddpm`:
+
+    ``score(x, t, cond)`` with ``cond`` a class ``0..9``, or ``None`` / ``NULL_CLASS`` for the
+    unconditional model. ``clip_sample=False``: the raw epsilon prediction, as likelihoods and
+    training need (the scheduler's sampling-time clipping of :math:`\hat x_0` is not a score).
+
+    Parameters
+    ----------
+    path
+        As in :func:`load_digits_ddpm` (default: the shipped checkpoint).
+    """
+    from ..adapters.diffusers import DiffusersScoreModel
+
+    unet, scheduler = load_digits_ddpm(path)
+    return DiffusersScoreModel(unet, scheduler, clip_sample=False)
 
 
 def _load(dif: Any, path: Path, owner: str) -> tuple[Any, Any]:
