@@ -49,8 +49,9 @@ def test_held_out_digits_are_likelier_than_their_pixel_shuffles(model, heldout):
 
 
 def test_deviation_between_two_classes_is_positive_and_zero_for_the_same_class(model, heldout):
-    x = heldout.heldout_images[heldout.heldout_labels == 3][:32]
-    far = deviation(model, model, x, cond_model=3, cond_reference=8,
+    # 128 training 3s, 4 time draws each: the per-sample path-KL terms are heavy-tailed.
+    x = heldout.train_images[heldout.train_labels == 3][:128]
+    far = deviation(model, model, x, cond_model=3, cond_reference=8, n_t=4,
                     generator=torch.Generator().manual_seed(3))
     same = deviation(model, model, x, cond_model=3, cond_reference=3,
                      generator=torch.Generator().manual_seed(3))
