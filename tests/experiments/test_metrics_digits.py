@@ -8,9 +8,9 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("sklearn")
 
-from dualdiff.datasets import load_digits_split  # noqa: E402
-from dualdiff.datasets.digits_model import load_digits_score_model  # noqa: E402
-from dualdiff.experiments.metrics import deviation, elbo_nll, nll  # noqa: E402
+from dualdiff.datasets import load_digits_split
+from dualdiff.datasets.digits_model import load_digits_score_model
+from dualdiff.experiments.metrics import deviation, elbo_nll, nll
 
 
 @pytest.fixture(scope="module")
