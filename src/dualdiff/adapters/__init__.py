@@ -17,10 +17,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["DiffusersSchedule", "DiffusersScoreModel"]
+__all__ = ["DiffusersSchedule", "DiffusersScoreModel", "DiffusersTeacher"]
 
 # name -> submodule that defines it (imported on first access only).
-_LAZY = {"DiffusersSchedule": "diffusers", "DiffusersScoreModel": "diffusers"}
+_LAZY = {
+    "DiffusersSchedule": "diffusers",
+    "DiffusersScoreModel": "diffusers",
+    "DiffusersTeacher": "diffusers",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -512,7 +512,8 @@ class DiffusersScoreModel:
         else:
             self._init_text_conditioning(ucfg, null_embedding, owner)
         self._lora: dict[str, Any] | None = None
-        self._tuner_layers: list[Any] = []
+        self._tuner_layers: list[Any] = []  # peft layers, toggled by the teacher
+        self._lora_params: list[nn.Parameter] = []
 
     def _init_class_conditioning(self, ucfg: Any, null_embedding: Any, owner: str) -> None:
         if null_embedding is not None:
@@ -1038,8 +1039,13 @@ class DiffusersScoreModel:
         else:
             peft.inject_adapter_in_model(config, self.module, adapter_name=adapter_name)
         self._tuner_layers = [m for m in self.module.modules() if isinstance(m, BaseTunerLayer)]
-        for name, p in self.module.named_parameters():
-            p.requires_grad_(bool(_LORA_NAME.search(name)))
+        self._lora_params = [
+            p for name, p in self.module.named_parameters() if _LORA_NAME.search(name)
+        ]
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        for p in self._lora_params:
+            p.requires_grad_(True)
         self._lora = {
             "rank": int(rank),
             "alpha": float(a),
@@ -1051,8 +1057,7 @@ class DiffusersScoreModel:
     @contextlib.contextmanager
     def _adapters_disabled(self) -> Iterator[None]:
         """Run the UNet without its LoRA adapter; restores adapters and ``requires_grad`` after."""
-        flags = [(p, p.requires_grad) for n, p in self.module.named_parameters()
-                 if _LORA_NAME.search(n)]
+        flags = [(p, p.requires_grad) for p in self._lora_params]
         for layer in self._tuner_layers:
             layer.enable_adapters(False)
         try:
@@ -1091,11 +1096,15 @@ class DiffusersScoreModel:
         clone = copy.copy(self)
         clone.module = copy.deepcopy(self.module)
         clone.module.requires_grad_(False)
+        clone._tuner_layers, clone._lora_params = [], []
         if self._lora is not None:
             from peft.tuners.tuners_utils import BaseTunerLayer
 
             clone._tuner_layers = [
                 m for m in clone.module.modules() if isinstance(m, BaseTunerLayer)
+            ]
+            clone._lora_params = [
+                p for n, p in clone.module.named_parameters() if _LORA_NAME.search(n)
             ]
             clone._lora = dict(self._lora)
         return clone
