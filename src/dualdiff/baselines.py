@@ -38,10 +38,10 @@ import torch
 from ._errors import DualDomainError
 from ._validation import as_tensor, check_choice, check_positive
 from .engine.history import TrainingHistory
-from .problems.dual_domain import DualDomainProjection
 from .engine.trainer import PrimalDualTrainer, check_problem
 from .losses import check_score_model, denoising_score_matching_loss
 from .models.schedule import NoiseSchedule
+from .problems.dual_domain import DualDomainProjection
 from .targets import GeometricTarget, SignedMixtureTarget
 
 __all__ = [
