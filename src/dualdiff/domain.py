@@ -294,11 +294,14 @@ def combined_ratio_max(
         return torch.logsumexp(terms, 0) - p0d.log_prob(x)
 
     def value_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.enable_grad():
-            xx = x.detach().clone().requires_grad_(True)
-            v = log_r(xx)
-            (g,) = torch.autograd.grad(v.sum(), xx)
-        return v.detach(), g
+        # log r and its gradient from log-densities and exact scores (no autograd)
+        with torch.no_grad():
+            lqs = torch.stack([lv + q.log_prob(x) for lv, q in pos])  # (m', n)
+            sqs = torch.stack([q.score(x) for _, q in pos])  # (m', n, d)
+            resp = torch.softmax(lqs, 0)
+            v = torch.logsumexp(lqs, 0) - p0d.log_prob(x)
+            g = (resp[..., None] * sqs).sum(0) - p0d.score(x)
+        return v, g
 
     # Batched gradient ascent with per-start adaptive steps (all starts at once), then a
     # tight L-BFGS polish of the best few.
@@ -307,7 +310,7 @@ def combined_ratio_max(
     v = torch.nan_to_num(v, nan=-math.inf)
     step = torch.full((x.shape[0],), 0.1, dtype=dtype)
     quiet = 0
-    for _ in range(300):
+    for _ in range(150):
         trial = x + step[:, None] * g
         vt, gt = value_grad(trial)
         vt = torch.nan_to_num(vt, nan=-math.inf)
@@ -318,7 +321,7 @@ def combined_ratio_max(
         g = torch.where(ok[:, None], gt, g)
         step = torch.where(ok, step * 1.5, step * 0.3)
         quiet = quiet + 1 if gain <= 1e-12 else 0
-        if quiet >= 5:
+        if quiet >= 3:
             break
 
     def fun(z: np.ndarray) -> tuple[float, np.ndarray]:
@@ -326,7 +329,7 @@ def combined_ratio_max(
         return -float(val[0]), -grad[0].numpy()
 
     best_val, argmax = float(v.max()), x[int(v.argmax())].clone()
-    for i in torch.argsort(v, descending=True)[:2].tolist():
+    for i in torch.argsort(v, descending=True)[:1].tolist():
         res = scipy.optimize.minimize(
             fun,
             x[i].numpy(),

@@ -53,9 +53,15 @@ def feasibility(
 
 
 def integration_issue(
-    ev: DualEval, levels: torch.Tensor, atol: float, integration: Any
+    ev: DualEval, levels: torch.Tensor, atol: float, integration: Any, status: str = "optimal"
 ) -> str | None:
-    """Why a solution with these error bars must not be called optimal, or ``None``."""
+    """Why a solution with these error bars must not keep its ``status``, or ``None``.
+
+    ``"optimal"`` needs every error bar below ``atol`` (relative to ``1 + |value|``). A
+    ``"boundary"`` verdict needs the dual value's bar below ``atol`` and each constraint
+    value's bar below the larger of ``atol (1 + |level|)`` and ``|gradient|`` (the sign of the
+    violation, which pins the multiplier, is then certain).
+    """
     problems = []
     if not math.isfinite(ev.value_err) or ev.value_err > atol * (1.0 + abs(ev.value)):
         problems.append(
@@ -63,6 +69,8 @@ def integration_issue(
             f"{atol:g} * (1 + |g| = {abs(ev.value):.6g})"
         )
     scale = atol * (1.0 + levels.abs())
+    if status == "boundary":
+        scale = torch.maximum(scale, ev.grad.abs())
     bad = ~(ev.grad_err <= scale)
     if bool(bad.any()):
         idx = torch.nonzero(bad).flatten().tolist()

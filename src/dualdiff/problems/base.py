@@ -562,17 +562,61 @@ class UnlearningProblem:
         """Honest status: ``inaccurate`` when the integration error is large, domain checked."""
         lam = sol.multipliers
         if not self.in_domain(lam):
-            sol.status = "max_iter" if sol.status == "optimal" else sol.status
-            sol.message += "; the returned multipliers failed the final dual-domain check"
-            return sol
+            back, lo = self._pull_back(lam)
+            new = self._solve_at(back, "boundary", sol)
+            new.message = (
+                f"{sol.message}; the solver's multipliers {lam.tolist()} failed the full "
+                f"dual-domain check and were pulled back to the boundary (factor {lo:.12g})"
+            )
+            sol = new
+            lam = sol.multipliers
         if sol.status in ("optimal", "boundary", "max_iter"):
             ev = self._oracle(lam)
-            why = integration_issue(ev, self.bounds, atol, self.integration)
+            why = integration_issue(ev, self.bounds, atol, self.integration, sol.status)
             if why is not None:
                 sol.message = f"{sol.message}; status {sol.status!r} demoted: {why}"
                 sol.status = "inaccurate"
                 sol.certificate = dataclasses.replace(sol.certificate, status="inaccurate")
         return sol
+
+    def _pull_back(self, lam: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Largest ``s lam`` (``s`` in [0, 1]) passing the full domain check, by bisection."""
+        lo, hi = 0.0, 1.0
+        for k in range(9, 0, -1):  # bracket geometrically: the failure is usually marginal
+            s = 1.0 - 10.0 ** (-k)
+            if self._in_domain(s * lam)[0]:
+                lo = s
+                break
+            hi = s
+        while hi - lo > 1e-10 * hi:
+            mid = 0.5 * (lo + hi)
+            if self._in_domain(mid * lam)[0]:
+                lo = mid
+            else:
+                hi = mid
+        back = lo * lam
+        for _ in range(40):  # a point the full check accepts (rounding at the margin)
+            if self._in_domain(back)[0]:
+                break
+            back = back * (1.0 - 1e-6)
+        return back, lo
+
+    def _solve_at(self, lam: torch.Tensor, status: str, like: DualSolution) -> DualSolution:
+        """A solution at given multipliers (target and certificate rebuilt), else as ``like``."""
+        ev = self._oracle(lam)
+        target = self._target(lam)
+        cert = self._exact_certificate(lam, status)
+        if cert is None:
+            cert = self.certificate(target, lam, status=status)
+        return dataclasses.replace(
+            like,
+            multipliers=lam,
+            target=target,
+            certificate=cert,
+            status=status,
+            dual_value=ev.value,
+            gradient=ev.grad,
+        )
 
     def _solve_once(self, gtol: float, max_iter: int) -> DualSolution:
         upper, closed = self._domain_upper()
@@ -585,11 +629,18 @@ class UnlearningProblem:
             self.m,
             upper=upper,
             upper_closed=closed,
-            in_domain=lambda v: self._in_domain(v)[0],
+            in_domain=self._in_domain_search,
             gtol=gtol,
             max_iter=max_iter,
             infeasible_at=self._infeasible_at(),
         )
+        if bool((lam > 0).any()) and not self._in_domain(lam)[0]:
+            lam, factor = self._pull_back(lam)
+            status = "boundary"
+            msg += (
+                "; the solver's point failed the full dual-domain check (its line search "
+                f"screens on the rule's points) and was pulled back by the factor {factor:.12g}"
+            )
         if status == "infeasible" and not self._certified_infeasible():
             status = "max_iter"
             msg = (
@@ -623,6 +674,10 @@ class UnlearningProblem:
             history=hist,
             domain=self.domain_info(),
         )
+
+    def _in_domain_search(self, lam: torch.Tensor) -> bool:
+        """Domain test used inside the solver's line searches (may be a cheaper screen)."""
+        return self._in_domain(lam)[0]
 
     def _infeasible_at(self) -> float:
         """Multiplier size beyond which an increasing dual is called unbounded."""

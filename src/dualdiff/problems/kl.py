@@ -54,10 +54,9 @@ from .base import UnlearningProblem
 
 __all__ = ["ForwardKLProblem", "KLConstrainedProblem", "ReverseKLProblem"]
 
-#: FU with m >= 2: lam is in the domain when max log(sum lam_i q_i / p0) <= -margin (a basin
-#: the local search misses could be slightly higher; 1e-9 nats keeps p0 - sum lam q >= 1e-9 p0
-#: wherever the search looked).
-_FU_DOMAIN_MARGIN = 1e-9
+#: FU with m >= 2: lam is in the domain when max log(sum lam_i q_i / p0) <= tol, the rounding
+#: level of the log-ratio (points on the box bounds lam_i = lam_max_i give exactly 0).
+_FU_DOMAIN_ROUNDING = 1e-12
 #: Local search for the FU domain only when the table's maximum log-ratio is above -2 nats.
 _FU_SEARCH_BELOW = 2.0
 
@@ -373,12 +372,23 @@ class ForwardKLProblem(KLConstrainedProblem):
         if not bool(pos.any()):
             return True, ""
         worst, where = self._combined_ratio_max(lam)
-        if worst > -_FU_DOMAIN_MARGIN:
+        if worst > _FU_DOMAIN_ROUNDING:
             return False, (
                 "p0 - sum lam_i q_i < 0 somewhere (max of log(sum lam_i q_i/p0) = "
-                f"{worst:.6g} at x = {where.tolist()}, must be <= -{_FU_DOMAIN_MARGIN:g})"
+                f"{worst:.6g} at x = {where.tolist()}, must be <= {_FU_DOMAIN_ROUNDING:g})"
             )
         return True, ""
+
+    def _in_domain_search(self, lam: torch.Tensor) -> bool:
+        # Line searches screen on the table only (fast); the returned multipliers get the
+        # full local-maximisation check in solve_dual and are pulled back if they fail it.
+        if self.m == 1 or not float(lam.sum()) < 1.0:
+            return self._in_domain(lam)[0]
+        pos = lam > 0
+        if not bool(pos.any()):
+            return True
+        lr = self._domain_points_log_ratio()[pos] + torch.log(lam[pos])[:, None]
+        return float(torch.logsumexp(lr, 0).max()) <= _FU_DOMAIN_ROUNDING
 
     def _combined_ratio_max(self, lam: torch.Tensor) -> tuple[float, torch.Tensor]:
         r""":math:`\max_x\log\sum_i\lambda_iq_i/p_0`: table maximum, then local maximisation.
