@@ -286,7 +286,11 @@ def combined_ratio_max(
         Its location ``(d,)``.
     """
     dtype = torch.float64
-    pos = [(math.log(float(v)), q.to(dtype)) for v, q in zip(lam.tolist(), qs, strict=True) if v > 0]
+    pos = [
+        (math.log(float(v)), q.to(dtype))
+        for v, q in zip(lam.tolist(), qs, strict=True)
+        if v > 0
+    ]
     p0d = p0.to(dtype)
 
     def log_r(x: torch.Tensor) -> torch.Tensor:

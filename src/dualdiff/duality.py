@@ -57,8 +57,9 @@ class Certificate:
     slack
         ``(m,)``, non-negative when satisfied: :math:`C_i - b_i` (KL) or :math:`\tau_i - C_i` (LU).
     feasible
-        ``True``: every slack is ``>= 3`` error bars, or ``>= -1e-9`` with an error bar below
-        ``1e-6 (1 + |level|)``; ``False``: some slack is below ``-(3 error bars + 1e-9)``;
+        ``True``: every slack is ``>= 3`` error bars, or ``>= -1e-9 (1 + |level|)`` with an
+        error bar below ``1e-6 (1 + |level|)``; ``False``: some slack is below
+        ``-(3 error bars + 1e-9 (1 + |level|))``;
         ``None``: unknown (the error bars are too large to decide). Never ``True`` on the
         strength of a large error bar.
     status

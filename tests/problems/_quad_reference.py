@@ -17,7 +17,9 @@ L = 4000.0
 N_LOCATE = 800_001
 
 
-def mass_intervals(log_f: Callable[[np.ndarray], np.ndarray]) -> tuple[list[tuple[float, float]], float]:
+def mass_intervals(
+    log_f: Callable[[np.ndarray], np.ndarray],
+) -> tuple[list[tuple[float, float]], float]:
     x = np.linspace(-L, L, N_LOCATE)
     v = log_f(x)
     top = float(np.max(v))
@@ -35,21 +37,38 @@ def mass_intervals(log_f: Callable[[np.ndarray], np.ndarray]) -> tuple[list[tupl
     return out, top
 
 
-def integrate(log_f: Callable[[np.ndarray], np.ndarray], fs: list[Callable[[np.ndarray], np.ndarray]]) -> tuple[float, list[float]]:
+def integrate(
+    log_f: Callable[[np.ndarray], np.ndarray], fs: list[Callable[[np.ndarray], np.ndarray]]
+) -> tuple[float, list[float]]:
     """``log int e^{log_f}`` and ``E[f]`` for each ``f`` under the normalised density."""
     iv, top = mass_intervals(log_f)
     z, moments = 0.0, [0.0] * len(fs)
     for a, b in iv:
-        z += quad(lambda t: math.exp(float(log_f(np.array([t]))[0]) - top), a, b, limit=400, epsabs=0, epsrel=1e-12)[0]
+        z += quad(
+            lambda t: math.exp(float(log_f(np.array([t]))[0]) - top),
+            a,
+            b,
+            limit=400,
+            epsabs=0,
+            epsrel=1e-12,
+        )[0]
         for j, f in enumerate(fs):
             moments[j] += quad(
-                lambda t, f=f: math.exp(float(log_f(np.array([t]))[0]) - top) * float(f(np.array([t]))[0]),
-                a, b, limit=400, epsabs=0, epsrel=1e-12,
+                lambda t, f=f: (
+                    math.exp(float(log_f(np.array([t]))[0]) - top) * float(f(np.array([t]))[0])
+                ),
+                a,
+                b,
+                limit=400,
+                epsabs=0,
+                epsrel=1e-12,
             )[0]
     return top + math.log(z), [mm / z for mm in moments]
 
 
-def gauss_mix_logpdf(w: np.ndarray, mu: np.ndarray, var: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+def gauss_mix_logpdf(
+    w: np.ndarray, mu: np.ndarray, var: np.ndarray
+) -> Callable[[np.ndarray], np.ndarray]:
     w = np.asarray(w, float) / np.sum(w)
 
     def f(x: np.ndarray) -> np.ndarray:

@@ -42,14 +42,21 @@ def _lu_log_reference(w, mu, var, q_idx, tau):
     lqs = [gauss_mix_logpdf([1.0], mu[[k]], var[[k]]) for k in q_idx]
 
     def neg_g(lam):
-        lz, _ = integrate(lambda x: lp0(x) - sum(l * lq(x) for l, lq in zip(lam, lqs)), [])
+        lz, _ = integrate(
+            lambda x: lp0(x) - sum(lv * lq(x) for lv, lq in zip(lam, lqs, strict=True)), []
+        )
         return lz + float(np.dot(lam, tau))
 
     # domain: lam_i >= 0, sum lam < 1 (equal variances)
     cons = [{"type": "ineq", "fun": lambda v: 0.999 - np.sum(v)}]
-    res = scipy.optimize.minimize(neg_g, x0=np.full(len(q_idx), 0.3), method="SLSQP",
-                                  bounds=[(0, 0.999)] * len(q_idx), constraints=cons,
-                                  options={"ftol": 1e-14, "maxiter": 500})
+    res = scipy.optimize.minimize(
+        neg_g,
+        x0=np.full(len(q_idx), 0.3),
+        method="SLSQP",
+        bounds=[(0, 0.999)] * len(q_idx),
+        constraints=cons,
+        options={"ftol": 1e-14, "maxiter": 500},
+    )
     return res.x, -res.fun
 
 
@@ -168,8 +175,7 @@ def test_ru_huge_level_feasible_only_if_true():
 
 def test_fu_two_constraints_domain_finds_the_negative_region():
     """Issue 10 repro: the combined ratio exceeds 1 between the rule's points."""
-    p0 = _gm([0.39830, 0.22088, 0.38082], [2.63882, 3.74240, -1.13561],
-             [1.80499, 0.23895, 1.97707])
+    p0 = _gm([0.39830, 0.22088, 0.38082], [2.63882, 3.74240, -1.13561], [1.80499, 0.23895, 1.97707])
     q1 = _gm([1.0], [3.74240], [0.23895])
     q2 = _gm([1.0], [1.47187], [1.04986])
     prob = KLConstrainedProblem(p0, [q1, q2], [0.1, 0.1], direction="forward")
@@ -192,7 +198,9 @@ def test_project_capped_box_no_zero_division():
     assert float(out.sum()) <= 0.999999 * (1 + 1e-15)
     assert bool((out <= upper).all()) and bool((out >= 0).all())
     # KKT: the projection is (cap - u_1, u_1)
-    torch.testing.assert_close(out, torch.stack([0.999999 - upper[1], upper[1]]), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        out, torch.stack([0.999999 - upper[1], upper[1]]), atol=1e-12, rtol=0
+    )
 
 
 @pytest.mark.parametrize(

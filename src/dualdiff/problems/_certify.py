@@ -29,26 +29,26 @@ FEASIBILITY_ATOL = 1e-9
 SMALL_ERROR_RTOL = 1e-6
 
 
-def feasibility(
-    slack: torch.Tensor, err: torch.Tensor, levels: torch.Tensor
-) -> bool | None:
+def feasibility(slack: torch.Tensor, err: torch.Tensor, levels: torch.Tensor) -> bool | None:
     r"""Feasibility verdict from slacks ``(m,)`` and their error bars ``(m,)``.
 
     Returns
     -------
     bool or None
-        ``True`` if every :math:`s_i \ge 3e_i`, or :math:`s_i \ge -10^{-9}` with
-        :math:`e_i \le 10^{-6}(1+|b_i|)`; ``False`` if some :math:`s_i < -3e_i - 10^{-9}`;
+        ``True`` if every :math:`s_i \ge 3e_i`, or :math:`s_i \ge -10^{-9}(1+|b_i|)` with
+        :math:`e_i \le 10^{-6}(1+|b_i|)`; ``False`` if some
+        :math:`s_i < -3e_i - 10^{-9}(1+|b_i|)`;
         ``None`` otherwise (the error bars are too large to tell).
     """
     err = err.abs()
     if bool((~torch.isfinite(slack)).any()) or bool((~torch.isfinite(err)).any()):
         return None
-    violated = slack < -(3.0 * err + FEASIBILITY_ATOL)
+    atol = FEASIBILITY_ATOL * (1.0 + levels.abs())
+    violated = slack < -(3.0 * err + atol)
     if bool(violated.any()):
         return False
     small = err <= SMALL_ERROR_RTOL * (1.0 + levels.abs())
-    met = (slack >= 3.0 * err) | ((slack >= -FEASIBILITY_ATOL) & small)
+    met = (slack >= 3.0 * err) | ((slack >= -atol) & small)
     return True if bool(met.all()) else None
 
 
@@ -94,7 +94,9 @@ def integration_issue(
     return "; ".join(problems) + f" ({hint})"
 
 
-def independent_grid(integration: Any, rule: IntegrationRule | None = None) -> GridQuadrature | None:
+def independent_grid(
+    integration: Any, rule: IntegrationRule | None = None
+) -> GridQuadrature | None:
     """An automatic grid with a 1.5x wider box and a finer spacing (``None`` for fixed grids)."""
     if not isinstance(integration, GridQuadrature):
         return None
@@ -116,9 +118,7 @@ def check_solver_options(
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise TypeError(f"{where}: parameter '{name}' must be a float, got {value!r}")
         if not (math.isfinite(value) and value >= 0):
-            raise ValueError(
-                f"{where}: parameter '{name}' must be finite and >= 0, got {value!r}"
-            )
+            raise ValueError(f"{where}: parameter '{name}' must be finite and >= 0, got {value!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int):
         raise TypeError(f"{where}: parameter 'max_iter' must be an int >= 1, got {max_iter!r}")
     if max_iter < 1:

@@ -88,7 +88,10 @@ class Quadratic:
 
 
 def gaussian_log_quadratic(mean: torch.Tensor, cov: torch.Tensor) -> Quadratic:
-    r""":math:`\log\mathcal N(x;\mu,\Sigma)` as a :class:`Quadratic` (``mean (d,)``, ``cov (d,d)``)."""
+    r""":math:`\log\mathcal N(x;\mu,\Sigma)` as a :class:`Quadratic`.
+
+    ``mean`` has shape ``(d,)``, ``cov`` ``(d, d)``.
+    """
     mean, cov = mean.to(_DTYPE), cov.to(_DTYPE)
     prec = torch.linalg.inv(cov)
     prec = 0.5 * (prec + prec.T)
@@ -145,7 +148,7 @@ class TiltedMixture:
 
     @property
     def log_mass(self) -> float:
-        """:math:`\\log\\sum_k M_k` (the log-normaliser when the mixture is exact)."""
+        r""":math:`\log\sum_k M_k` (the log-normaliser when the mixture is exact)."""
         return float(torch.logsumexp(self.log_masses, 0))
 
     @property
@@ -248,9 +251,7 @@ def tilted_mixture(
         lm.append(done[0])
         mu.append(done[1])
         cov.append(done[2])
-    return TiltedMixture(
-        torch.tensor(lm, dtype=_DTYPE), torch.stack(mu), torch.stack(cov)
-    )
+    return TiltedMixture(torch.tensor(lm, dtype=_DTYPE), torch.stack(mu), torch.stack(cov))
 
 
 def tilted_envelope(
@@ -292,9 +293,7 @@ def tilted_envelope(
     lm, mu, cov = [], [], []
     for logw, comp in p_parts:
         base = comp.scaled(power)
-        base = Quadratic(
-            base.B, base.b, base.c + power * logw + (power - 1.0) * math.log(k_count)
-        )
+        base = Quadratic(base.B, base.b, base.c + power * logw + (power - 1.0) * math.log(k_count))
         for choice in itertools.product(*q_parts) if q_parts else [()]:
             f = base
             for c, lv, quad in choice:

@@ -114,6 +114,11 @@ class UnlearningProblem:
         """Gaussian upper bound of the unnormalised target at ``lam`` (``None`` if unknown)."""
         return None
 
+    #: Whether oracle calls may rebuild the rule to follow the target: only inside
+    #: :meth:`solve_dual` and on the private copies of :meth:`_accurate_at`, so that every other
+    #: evaluation (engine, certificates) is a deterministic function of the problem's state.
+    _following: bool = False
+
     def _follows(self) -> bool:
         grid = self.integration
         return (
@@ -134,7 +139,7 @@ class UnlearningProblem:
         spacing; otherwise they are added to the covered mixtures and the rule is rebuilt
         (the box only grows, so a solve rebuilds a few times at most).
         """
-        if not self._follows():
+        if not (self._following and self._follows()):
             return
         env = self._envelope(lam)
         if env is None:
@@ -315,6 +320,7 @@ class UnlearningProblem:
             if finer is None or prob._grid_accurate(lam, rtol):
                 break
             prob = copy.copy(prob)
+            prob._following = True
             prob._set_integration(finer)
         return prob
 
@@ -455,7 +461,7 @@ class UnlearningProblem:
         )
 
     def _independent_mass(self, candidate: Any) -> float:
-        r""":math:`\int p` of a candidate on a grid independent of the problem's rule (grid only)."""
+        r""":math:`\int p` of a candidate on a grid independent of the problem's rule (grids)."""
         grid = independent_grid(self.integration, self.rule)
         if grid is None:
             return math.nan
@@ -520,6 +526,15 @@ class UnlearningProblem:
         check_solver_options(gtol, max_iter, rtol_integration, atol_integration, self._owner)
         if atol_integration is None:
             atol_integration = 1e-2 if self.integration.method == "monte_carlo" else 1e-6
+        self._following = True
+        try:
+            return self._solve_dual(gtol, max_iter, refine, rtol_integration, atol_integration)
+        finally:
+            self._following = False
+
+    def _solve_dual(
+        self, gtol: float, max_iter: int, refine: bool, rtol_integration: float, atol: float
+    ) -> DualSolution:
         sol = self._solve_once(gtol, max_iter)
         for _ in range(3):
             if not refine or self._grid_accurate(sol.multipliers, rtol_integration):
@@ -534,7 +549,7 @@ class UnlearningProblem:
             if self.rule.points_per_dim <= before[0] and self.rule.n_points <= before[1]:
                 break  # the point cap binds: a rebuild would not be finer
             sol = self._solve_once(gtol, max_iter)
-        return self._finalise(sol, atol_integration)
+        return self._finalise(sol, atol)
 
     def _follow_target(self, sol: DualSolution) -> None:
         """Cover a Gaussian moment-matched to the target's mass (generic targets)."""
@@ -570,6 +585,14 @@ class UnlearningProblem:
             )
             sol = new
             lam = sol.multipliers
+        if sol.status == "optimal" and sol.certificate.feasible is not True:
+            sol.message += (
+                "; status 'optimal' demoted: the solver stopped (rounding-level progress) with "
+                f"the target's slack {sol.certificate.slack.tolist()} not certified feasible"
+            )
+            sol.status = "inaccurate"
+            sol.certificate = dataclasses.replace(sol.certificate, status="inaccurate")
+            return sol
         if sol.status in ("optimal", "boundary", "max_iter"):
             ev = self._oracle(lam)
             why = integration_issue(ev, self.bounds, atol, self.integration, sol.status)

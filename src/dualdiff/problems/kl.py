@@ -36,11 +36,10 @@ from ..domain import (
     ratio_infimum,
     tilt_bound,
 )
-from ..duality import DualEval
+from ..duality import Certificate, DualEval
 from ..integration import GridQuadrature, MonteCarlo
 from ..models.gaussian_mixture import GaussianMixture
 from ..potentials import LogLikelihood
-from ..duality import Certificate
 from ..targets import GeometricTarget, SignedMixtureTarget
 from ._gaussian_tilt import (
     TiltedMixture,
@@ -220,10 +219,10 @@ class ReverseKLProblem(KLConstrainedProblem):
         mix = self._exact(lam)
         if mix is not None:
             beta = 1.0 / (1.0 - float(lam.sum()))
-            log_z = mix.log_mass
+            lz = mix.log_mass
             mean, cov, e_log_u, M = self._exact_moments(lam, mix)
-            kl = e_log_u - mean[1:] - log_z
-            value = float(-(1 - lam.sum()) * log_z + lam @ self.bounds)
+            kl = e_log_u - mean[1:] - lz
+            value = float(-(1 - lam.sum()) * lz + lam @ self.bounds)
             eps = 1e-14
             return DualEval(
                 value=value,
@@ -252,8 +251,11 @@ class ReverseKLProblem(KLConstrainedProblem):
 
     def _target(self, lam: torch.Tensor) -> GeometricTarget:
         mix = self._exact(lam)
-        log_u, beta = self._log_u(lam) if mix is None else (None, 1.0 / (1.0 - float(lam.sum())))
-        log_z = mix.log_mass if mix is not None else float(self.rule.log_integral(log_u)[0])
+        beta = 1.0 / (1.0 - float(lam.sum()))
+        if mix is not None:
+            log_z = mix.log_mass
+        else:
+            log_z = float(self.rule.log_integral(self._log_u(lam)[0])[0])
         return GeometricTarget(
             self.pretrained,
             [LogLikelihood(q) for q in self.unlearn],

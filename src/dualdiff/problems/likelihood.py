@@ -21,11 +21,10 @@ import torch
 from .._errors import IllPosedProblemError
 from .._validation import check_choice
 from ..domain import log_tilt_in_domain, log_tilt_upper_bounds
-from ..duality import DualEval
+from ..duality import Certificate, DualEval
 from ..integration import GridQuadrature, MonteCarlo
 from ..models.gaussian_mixture import GaussianMixture
 from ..potentials import CallableLikelihood, DensityLikelihood, LogLikelihood, Potential
-from ..duality import Certificate
 from ..targets import GeometricTarget
 from ._gaussian_tilt import (
     TiltedMixture,
@@ -166,9 +165,9 @@ class LikelihoodConstrainedProblem(UnlearningProblem):
     def _oracle(self, lam: torch.Tensor) -> DualEval:
         mix = self._exact(lam)
         if mix is not None:
-            log_z = mix.log_mass
+            lz = mix.log_mass
             e_ell, cov = self._exact_moments(mix)
-            value = float(-log_z - lam @ self.bounds)
+            value = float(-lz - lam @ self.bounds)
             eps = 1e-14
             return DualEval(
                 value=value,
