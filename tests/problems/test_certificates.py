@@ -14,9 +14,9 @@ import pytest
 import scipy.optimize
 import torch
 from _quad_reference import gauss_mix_logpdf, integrate
-from dualdiff.engine.multipliers import project_capped_box
 
 from dualdiff import GaussianMixture, KLConstrainedProblem, LikelihoodConstrainedProblem
+from dualdiff.problems import project_capped_box
 
 T = torch.float64
 
