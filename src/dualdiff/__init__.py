@@ -6,7 +6,14 @@ Likelihood Constraints* (Khalafi, Ribeiro & Ding, ICML 2026, arXiv:2605.30825).
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._errors import DualdiffError, DualDomainError, IllPosedProblemError, NonFiniteError
+from ._errors import (
+    CheckpointError,
+    DataScaleWarning,
+    DualdiffError,
+    DualDomainError,
+    IllPosedProblemError,
+    NonFiniteError,
+)
 from .baselines import (
     ESD,
     SISS,
@@ -63,7 +70,9 @@ __all__ = [
     "SISS",
     "CallableLikelihood",
     "Certificate",
+    "CheckpointError",
     "Conditioned",
+    "DataScaleWarning",
     "ConstraintEstimate",
     "ConstraintEstimator",
     "Density",

@@ -60,6 +60,31 @@ class SamplerOutput(NamedTuple):
     times: torch.Tensor
 
 
+def model_dtype(model: Any) -> torch.dtype | None:
+    """Floating dtype of a score model's parameters (``None`` for an analytic model).
+
+    Looks at ``model.dtype``, then ``model.parameters()``, then a wrapped ``model.model`` /
+    ``model.module`` (e.g. :class:`~dualdiff.models.Conditioned` over a module).
+    """
+    seen: set[int] = set()
+    obj: Any = model
+    while obj is not None and id(obj) not in seen:
+        seen.add(id(obj))
+        dt = getattr(obj, "dtype", None)
+        if isinstance(dt, torch.dtype) and dt.is_floating_point:
+            return dt
+        params = getattr(obj, "parameters", None)
+        if callable(params):
+            try:
+                for p in params():
+                    if isinstance(p, torch.Tensor) and p.is_floating_point():
+                        return p.dtype
+            except TypeError:
+                pass
+        obj = getattr(obj, "model", None) or getattr(obj, "module", None)
+    return None
+
+
 def _check_shape(shape: Any, owner: str) -> tuple[int, ...]:
     if isinstance(shape, int):
         shape = (shape,)
@@ -165,8 +190,9 @@ def _start(
     dtype: torch.dtype | None,
     device: torch.device | str | None,
     owner: str,
+    model: Any = None,
 ) -> torch.Tensor:
-    if dtype is not None and not dtype.is_floating_point:
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"{owner}: parameter 'dtype' must be a floating dtype, got {dtype}")
     if x_init is not None:
         if not isinstance(x_init, torch.Tensor) or x_init.ndim < 2:
@@ -180,7 +206,7 @@ def _start(
         _check_shape(shape, owner),
         schedule,
         generator=generator,
-        dtype=dtype or torch.float64,
+        dtype=dtype or model_dtype(model) or torch.float64,
         device=device,
     )
 
@@ -259,7 +285,8 @@ def sample_sde(
     generator
         Random generator for the prior draw and the Brownian increments.
     dtype
-        Dtype of the samples (default: float64, or that of ``x_init``).
+        Dtype of the samples (default: that of ``x_init``, else the model's parameters, else
+        float64 for analytic models).
     device
         Device of the samples (default: the CPU, or that of ``x_init``).
     cond
@@ -281,7 +308,7 @@ def sample_sde(
     check_score_model(model, "model", owner)
     sched = resolve_schedule(model, schedule, owner)
     steps = _check_steps(steps, owner)
-    x = _start(shape, x_init, sched, generator, dtype, device, owner)
+    x = _start(shape, x_init, sched, generator, dtype, device, owner, model)
     times = torch.linspace(float(sched.t_max), float(sched.t_min), steps + 1, dtype=x.dtype,
                            device=x.device)
     traj = [x] if return_trajectory else []
@@ -392,7 +419,8 @@ def sample_ode(
     generator
         Random generator for the prior draw (the ODE itself is deterministic).
     dtype
-        Dtype of the samples (default: float64, or that of ``x_init``).
+        Dtype of the samples (default: that of ``x_init``, else the model's parameters, else
+        float64 for analytic models).
     device
         Device of the samples (default: the CPU, or that of ``x_init``).
     cond
@@ -416,7 +444,7 @@ def sample_ode(
     atol = check_positive(atol, "atol", owner)
     sched = resolve_schedule(model, schedule, owner)
     steps = _check_steps(steps, owner)
-    x = _start(shape, x_init, sched, generator, dtype, device, owner)
+    x = _start(shape, x_init, sched, generator, dtype, device, owner, model)
     times = torch.linspace(float(sched.t_max), float(sched.t_min), steps + 1, dtype=x.dtype,
                            device=x.device)
     bar = _progress(progress, steps if method not in _ADAPTIVE else None, owner)

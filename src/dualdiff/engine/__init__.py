@@ -23,6 +23,7 @@ from .options import (
     PRIMALS,
     EngineConfigurationError,
     LowEffectiveSampleSizeWarning,
+    NonFiniteStepWarning,
     UnknownOptionError,
 )
 from .primal import (
@@ -55,6 +56,7 @@ __all__ = [
     "EveryEstimate",
     "LowEffectiveSampleSizeWarning",
     "NonFiniteStep",
+    "NonFiniteStepWarning",
     "PrimalBatch",
     "PrimalDualTrainer",
     "PrimalForm",

@@ -23,6 +23,7 @@ __all__ = [
     "EngineConfigurationError",
     "FormulationName",
     "LowEffectiveSampleSizeWarning",
+    "NonFiniteStepWarning",
     "OptimizerName",
     "PrimalName",
     "PrimalOptimizerName",
@@ -64,6 +65,14 @@ class EngineConfigurationError(DualdiffError, ValueError):
 
 class LowEffectiveSampleSizeWarning(UserWarning):
     """The population effective sample size of the reweighting is below the threshold."""
+
+
+class NonFiniteStepWarning(RuntimeWarning):
+    """A primal-dual step was skipped because a batch, loss, gradient or estimate was not finite.
+
+    Issued at the first skip of a run of consecutive skips; the trainer raises
+    :class:`~dualdiff.NonFiniteError` once ``max_skipped_steps`` steps in a row were skipped.
+    """
 
 
 def resolve(value: Any, name: str, owner: str, allowed: Sequence[str]) -> str:

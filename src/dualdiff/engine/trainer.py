@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .._errors import NonFiniteError
-from .._validation import check_positive
+from .._validation import check_int, check_positive
 from .cmp import NonFiniteStep, UnlearningCMP
 from .estimation import ConstraintEstimate, ConstraintEstimator
 from .history import StepRecord, TrainingHistory
@@ -36,6 +36,7 @@ from .options import (
     FORMULATIONS,
     PRIMALS,
     LowEffectiveSampleSizeWarning,
+    NonFiniteStepWarning,
     resolve,
 )
 from .primal import DataSampler, PrimalForm, TargetCache, make_primal_form
@@ -93,11 +94,28 @@ def check_problem(problem: Any, owner: str) -> None:
 
 
 def _int(value: Any, name: str, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    return check_int(value, name, "PrimalDualTrainer", low=low)
+
+
+def _device(device: Any, owner: str) -> torch.device:
+    """``torch.device(device)`` or a ``ValueError`` naming the parameter; ``meta`` is refused."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
         raise ValueError(
-            f"PrimalDualTrainer: parameter '{name}' must be an int >= {low}, got {value!r}"
+            f"{owner}: parameter 'device'={device!r} is not a torch device ({exc}); use e.g. "
+            "'cpu' or 'cuda:0'"
+        ) from None
+    if dev.type == "meta":
+        raise ValueError(
+            f"{owner}: parameter 'device'={device!r}: the meta device holds no data and cannot "
+            "train; use e.g. 'cpu' or 'cuda:0'"
         )
-    return value
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"{owner}: parameter 'device'={device!r} but CUDA is not available on this machine"
+        )
+    return dev
 
 
 class PrimalDualTrainer:
@@ -179,6 +197,10 @@ class PrimalDualTrainer:
         Seed of the trainer's own generator (batches, noise, estimates).
     device
         Device of batches and multipliers (default: the model's).
+    max_skipped_steps
+        Stop with :class:`~dualdiff.NonFiniteError` once this many consecutive steps were
+        skipped as non-finite (a :class:`~dualdiff.engine.NonFiniteStepWarning` is issued at
+        the first skip of such a run); ``None`` never stops.
 
     Attributes
     ----------
@@ -209,7 +231,13 @@ class PrimalDualTrainer:
     -----
     A step whose batch, loss, gradient or estimate is not finite is skipped: no parameter is
     updated, the multipliers are restored, and the reason is recorded in
-    :attr:`history` (``history.skipped``). With ``optimizer="alternating"`` the dual
+    :attr:`history` (``history.skipped``). The first skip after a good step warns
+    (:class:`~dualdiff.engine.NonFiniteStepWarning`); ``max_skipped_steps`` skips in a row raise
+    :class:`~dualdiff.NonFiniteError` (a run that cannot make progress stops loudly). An
+    exception other than a non-finite value raised by a custom ``estimator`` callable (or a
+    data sampler) is not caught: it propagates out of :meth:`step` / :meth:`fit` unchanged,
+    after which the trainer is in the state before the failed step only for the
+    multipliers; reload a checkpoint to continue. With ``optimizer="alternating"`` the dual
     estimate comes after the primal step; if only it fails, the primal step stands and the
     record says the dual step was skipped.
 
@@ -253,6 +281,7 @@ class PrimalDualTrainer:
         callbacks: Sequence[Callback] = (),
         seed: int = 0,
         device: torch.device | str | None = None,
+        max_skipped_steps: int | None = 10,
     ) -> None:
         owner = "PrimalDualTrainer"
         check_problem(problem, owner)
@@ -287,7 +316,10 @@ class PrimalDualTrainer:
                 f"{owner}: parameter 'ess_warning' must be in [0, 1], got {ess_warning}"
             )
         self.seed = _int(seed, "seed", 0)
-        self.device = torch.device(device) if device is not None else self._params[0].device
+        self.max_skipped_steps = (
+            None if max_skipped_steps is None else _int(max_skipped_steps, "max_skipped_steps", 1)
+        )
+        self.device = _device(device, owner) if device is not None else self._params[0].device
         self.callbacks = list(callbacks)
         for cb in self.callbacks:
             if not callable(cb):
@@ -363,6 +395,8 @@ class PrimalDualTrainer:
         self._primal_applied = False
         self._ess_key: tuple[float, ...] | None = None
         self._ess_low = False
+        self._consecutive_skips = 0
+        self._estimate_failing = False
 
     def __repr__(self) -> str:
         return (
@@ -497,7 +531,45 @@ class PrimalDualTrainer:
             record.dual_reason = self.dual_rule.last_reason
         self.history.records.append(record)
         self._check_population_ess(k)
+        self._count_skip(record, due)
         return record
+
+    def _count_skip(self, record: StepRecord, due: bool) -> None:
+        """Warn at the first of consecutive skipped steps; raise after ``max_skipped_steps``.
+
+        Skipped steps are counted until a step succeeds; while the estimates fail, successful
+        steps between two estimation steps do not reset the count (the dual cannot move).
+        """
+        if record.skipped is None:
+            if due or not self._estimate_failing:
+                self._consecutive_skips = 0
+                self._estimate_failing = False
+            return
+        self._estimate_failing = self._estimate_failing or due
+        self._consecutive_skips += 1
+        n, limit = self._consecutive_skips, self.max_skipped_steps
+        if n == 1:
+            msg = (
+                f"PrimalDualTrainer: step {record.step} was skipped: {record.skipped}. "
+                + (
+                    "max_skipped_steps=None: the trainer does not stop on skipped steps."
+                    if limit is None
+                    else f"The trainer stops after {limit} skipped steps in a row "
+                    "(max_skipped_steps)."
+                )
+            )
+            warnings.warn(msg, NonFiniteStepWarning, stacklevel=_user_stacklevel())
+            self.history.warnings.append(msg)
+        if limit is not None and n >= limit:
+            recent = [r.skipped for r in self.history.records[-n:] if r.skipped]
+            reasons = list(dict.fromkeys(recent))[:3]
+            raise NonFiniteError(
+                f"PrimalDualTrainer: {n} steps in a row (the last at step {record.step}) were "
+                f"skipped as non-finite, max_skipped_steps={limit}; the run cannot make "
+                f"progress. Reasons: {'; '.join(reasons)}. Check the model's "
+                "parameters (trainer.module), the data samplers, the estimator and the step "
+                "sizes; the history (trainer.history.skipped) lists every skip"
+            )
 
     def _check_population_ess(self, step: int) -> None:
         """Record (and warn about) the population ESS of each new reweighting target."""
@@ -573,8 +645,35 @@ class PrimalDualTrainer:
 
         save_checkpoint(self, path)
 
-    def load_checkpoint(self, path: str | PathLike[str]) -> None:
-        """Restore a checkpoint written by :meth:`save_checkpoint` into this trainer."""
+    def load_checkpoint(
+        self, path: str | PathLike[str], *, override_settings: bool = False
+    ) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` into this trainer.
+
+        All or nothing: the file is validated (readable, same problem and settings, finite
+        values, multipliers in the dual domain) before anything is applied; see
+        :func:`~dualdiff.engine.checkpoint.load_checkpoint` for ``override_settings``.
+        """
         from .checkpoint import load_checkpoint
 
-        load_checkpoint(self, path)
+        load_checkpoint(self, path, override_settings=override_settings)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The complete state (model, optimisers, multipliers, history, RNGs) as a dictionary.
+
+        For users who checkpoint with their own tools; :meth:`load_state_dict` restores it.
+        The dictionary holds copies (tensors and plain containers, safe for
+        ``torch.save``/``torch.load(weights_only=True)``).
+        """
+        from .checkpoint import trainer_state
+
+        return trainer_state(self)
+
+    def load_state_dict(self, state: dict[str, Any], *, override_settings: bool = False) -> None:
+        """Restore a :meth:`state_dict` into this trainer (all or nothing).
+
+        See :meth:`load_checkpoint` for the checks and ``override_settings``.
+        """
+        from .checkpoint import load_trainer_state
+
+        load_trainer_state(self, state, override_settings=override_settings)
