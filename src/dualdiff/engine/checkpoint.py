@@ -139,6 +139,40 @@ def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+def _state_digest(state: Any) -> str:
+    """SHA-256 of every tensor and plain value of a checkpoint (``"checksum"`` excluded).
+
+    torch's zip reader does not verify the archive's CRCs, so a flipped byte in a tensor's
+    storage would otherwise load silently.
+    """
+    h = hashlib.sha256()
+
+    def walk(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(v, dict):
+            h.update(b"{")
+            for k in v:
+                if k == "checksum":
+                    continue
+                h.update(repr(k).encode())
+                walk(v[k])
+            h.update(b"}")
+        elif isinstance(v, (list, tuple)):
+            h.update(b"[")
+            for x in v:
+                walk(x)
+            h.update(b"]")
+        else:
+            h.update(repr(v).encode())
+
+    walk(state)
+    return h.hexdigest()
+
+
 def describe(obj: Any) -> Any:
     """A JSON-ready description of a distribution, model or option for fingerprints.
 
@@ -276,7 +310,9 @@ def trainer_state(trainer: PrimalDualTrainer) -> dict[str, Any]:
         },
         "rng": _rng_state(trainer),
     }
-    return copy.deepcopy(state)
+    state = copy.deepcopy(state)
+    state["checksum"] = _state_digest(state)
+    return state
 
 
 def save_checkpoint(trainer: PrimalDualTrainer, path: str | PathLike[str]) -> None:
@@ -340,7 +376,13 @@ def _check_finite_tensors(tree: Any, what: str, owner: str) -> None:
         )
 
 
-def _validate(trainer: PrimalDualTrainer, state: Any, where: str, override_settings: bool) -> None:
+def _validate(
+    trainer: PrimalDualTrainer,
+    state: Any,
+    where: str,
+    override_settings: bool,
+    verify_checksum: bool,
+) -> None:
     owner = "PrimalDualTrainer.load_checkpoint"
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         got = state.get("format") if isinstance(state, dict) else type(state).__name__
@@ -350,8 +392,15 @@ def _validate(trainer: PrimalDualTrainer, state: Any, where: str, override_setti
         )
     missing = [k for k in ("config", "fingerprint", "model", "optimizer", "cmp", "step",
                            "history", "rng", "dual_rule", "ess") if k not in state]
+    if verify_checksum and "checksum" not in state:
+        missing.append("checksum")
     if missing:
         raise CheckpointError(f"{owner}: {where} lacks the entries {missing}; it is corrupt")
+    if verify_checksum and state["checksum"] != _state_digest(state):
+        raise CheckpointError(
+            f"{owner}: {where} is corrupt or truncated: its content does not match the "
+            "checksum written with it (the file was damaged after it was saved)"
+        )
     mine, theirs = trainer.config(), state["config"]
     if mine != theirs:
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
@@ -457,6 +506,7 @@ def load_trainer_state(
     *,
     override_settings: bool = False,
     where: str = "state",
+    verify_checksum: bool = False,
 ) -> None:
     """Restore a :func:`trainer_state` dictionary into ``trainer``, all or nothing.
 
@@ -472,6 +522,9 @@ def load_trainer_state(
         optimisers. The problem and the primal optimiser class must still agree.
     where
         How the state is named in error messages.
+    verify_checksum
+        Check the SHA-256 content checksum written by :func:`trainer_state` (done for files
+        by :func:`load_checkpoint`; off for in-memory states, which users may edit).
 
     Raises
     ------
@@ -482,7 +535,7 @@ def load_trainer_state(
         The state holds NaN/inf weights, optimiser states or multipliers, multipliers outside
         the dual domain, or lacks entries.
     """
-    _validate(trainer, state, where, override_settings)
+    _validate(trainer, state, where, override_settings, verify_checksum)
     backup = trainer_state(trainer)
     try:
         _apply(trainer, state)
@@ -514,4 +567,4 @@ def load_checkpoint(
     """
     state = _load(path)
     load_trainer_state(trainer, state, override_settings=override_settings,
-                       where=repr(str(path)))
+                       where=repr(str(path)), verify_checksum=True)

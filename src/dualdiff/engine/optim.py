@@ -9,6 +9,7 @@ subclassing each Cooper optimiser and overriding ``primal_step`` /
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -89,19 +90,44 @@ class GuardedAlternatingDualPrimalOptimizer(_Guarded, AlternatingDualPrimalOptim
 
 
 class GuardedExtrapolationOptimizer(_Guarded, ExtrapolationConstrainedOptimizer):
-    """:class:`cooper.optim.ExtrapolationConstrainedOptimizer` with the pre-step guard."""
+    """:class:`cooper.optim.ExtrapolationConstrainedOptimizer` with the pre-step guard.
+
+    The optimisers' states (e.g. ``ExtraAdam``'s ``step``, ``exp_avg``, ``exp_avg_sq``) are
+    saved before each extrapolation half-step, so :meth:`restore_extrapolation` undoes both
+    the parameters and the optimiser states when the update half-step is skipped.
+    """
+
+    _saved_states: list[tuple[Any, dict[Any, Any]]]
+
+    def roll(self, *args: Any, **kwargs: Any) -> Any:
+        self._saved_states = []
+        return super().roll(*args, **kwargs)
+
+    def _save_states(self, opts: Iterable[Any]) -> None:
+        if not hasattr(self, "_saved_states"):
+            self._saved_states = []
+        for opt in opts:
+            self._saved_states.append(
+                (opt, {p: copy.deepcopy(st) for p, st in opt.state.items()})
+            )
 
     def primal_extrapolation_step(self) -> None:
         if self.guard is not None:
             self.guard()
+        self._save_states(self.primal_optimizers or [])
         super().primal_extrapolation_step()
 
     def dual_extrapolation_step(self) -> None:
         if self._has_dual_gradient():
+            self._save_states(self.dual_optimizers or [])
             super().dual_extrapolation_step()
 
     def restore_extrapolation(self) -> None:
-        """Undo a pending extrapolation (after a skipped second half-step)."""
+        """Undo a pending extrapolation (after a skipped second half-step).
+
+        Restores the parameters saved by the extrapolation and the optimiser states from
+        before it.
+        """
         opts: list[Any] = [*(self.primal_optimizers or []), *(self.dual_optimizers or [])]
         for opt in opts:
             copies = getattr(opt, "params_copy", None)
@@ -111,6 +137,10 @@ class GuardedExtrapolationOptimizer(_Guarded, ExtrapolationConstrainedOptimizer)
                     for p, saved in zip(params, copies, strict=True):
                         p.data = saved
                 opt.params_copy = []
+        for opt, state in getattr(self, "_saved_states", []):
+            opt.state.clear()
+            opt.state.update(state)
+        self._saved_states = []
 
 
 _CLASSES: dict[str, type[ConstrainedOptimizer]] = {
