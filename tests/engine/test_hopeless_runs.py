@@ -9,7 +9,6 @@ import torch
 
 from dualdiff import GaussianMixture, KLConstrainedProblem, NonFiniteError
 from dualdiff.engine import (
-    ConstraintEstimator,
     NonFiniteStepWarning,
     PrimalDualTrainer,
     TrainableGaussianMixture,
@@ -114,7 +113,7 @@ def test_a_custom_estimator_that_raises_propagates():
 def _opt_state(tr):
     out = []
     for opt in tr.constrained_optimizer.primal_optimizers:
-        for p, st in opt.state.items():
+        for st in opt.state.values():
             out.append({k: (v.clone() if isinstance(v, torch.Tensor) else v)
                         for k, v in st.items()})
     return out

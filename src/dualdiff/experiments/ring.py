@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from .._validation import check_choice
+from ..datasets.ring import load_pretrained_ring, ring_mixture
 from ..engine import ConstraintEstimator, PrimalDualTrainer
 from ..problems import KLConstrainedProblem, LikelihoodConstrainedProblem, UnlearningProblem
-from ..datasets.ring import load_pretrained_ring, ring_mixture
 
 __all__ = ["DemoConfig", "make_problem", "run_demo", "run_problem"]
 
