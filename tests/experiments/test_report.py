@@ -8,9 +8,9 @@ import math
 import pytest
 
 from dualdiff._io import dump_strict_json
+from dualdiff.cli import main
 from dualdiff.experiments import report as rep
 from dualdiff.experiments import ring
-from dualdiff.cli import main
 
 TINY = dict(steps=4, estimate_every=2, estimate_samples=16, final_samples=32, figure_samples=64)
 
