@@ -83,7 +83,7 @@ def test_verify_json_is_strict_and_atomic(tmp_path, monkeypatch):
     class Case:
         name, tolerance, expected_status = "broken", 1e-6, "optimal"
 
-        class problem:  # noqa: N801 - a minimal stand-in whose dual solve fails
+        class problem:  # a minimal stand-in whose dual solve fails
             kind, m, dim = "RU", 1, 1
 
             @staticmethod

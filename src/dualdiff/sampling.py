@@ -179,7 +179,8 @@ def _progress(progress: bool, total: int | None, desc: str) -> Any:
         return None
     from tqdm.auto import tqdm  # local import: only needed with progress=True
 
-    return tqdm(total=total, desc=desc, leave=False)
+    # disable=None: tqdm's convention, no bar when stderr is not a terminal (logs, CI)
+    return tqdm(total=total, desc=desc, leave=False, disable=None)
 
 
 def _start(

@@ -143,6 +143,19 @@ class GuardedExtrapolationOptimizer(_Guarded, ExtrapolationConstrainedOptimizer)
         self._saved_states = []
 
 
+def _construct(
+    cls: Any, params: list[Any], lr: float, options: dict[str, Any], name: str, owner: str
+) -> torch.optim.Optimizer:
+    """``cls(params, lr=lr, **options)`` with torch's errors turned into ones naming ``name``."""
+    try:
+        return cls(params, lr=lr, **options)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, KeyError) as exc:
+        raise EngineConfigurationError(
+            f"{owner}: parameter '{name}'={options!r} is not accepted by {cls.__name__} "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+
+
 _CLASSES: dict[str, type[ConstrainedOptimizer]] = {
     "simultaneous": GuardedSimultaneousOptimizer,
     "alternating": GuardedAlternatingPrimalDualOptimizer,
@@ -211,9 +224,10 @@ def build_constrained_optimizer(
     else:
         name = resolve(primal_optimizer, "primal_optimizer", owner, PRIMAL_OPTIMIZERS)
         if name == "adam":
-            primal = (ExtraAdam if extra else torch.optim.Adam)(params, lr=primal_lr, **popts)
+            cls: Any = ExtraAdam if extra else torch.optim.Adam
         else:
-            primal = (_ExtraSGD if extra else torch.optim.SGD)(params, lr=primal_lr, **popts)
+            cls = _ExtraSGD if extra else torch.optim.SGD
+        primal = _construct(cls, params, primal_lr, popts, "primal_optimizer_options", owner)
     dual_params = list(cmp.dual_parameters())
     if dual_optimizer == "nupi":
         if extra:
@@ -222,10 +236,14 @@ def build_constrained_optimizer(
                 "optimizer='extragradient' (nuPI has no extrapolation step); use "
                 "dual_optimizer='sgd' or another optimizer"
             )
-        dual: torch.optim.Optimizer = nuPI(dual_params, lr=dual_lr, maximize=True, **dopts)
+        dual: torch.optim.Optimizer = _construct(
+            nuPI, dual_params, dual_lr, {"maximize": True, **dopts}, "dual_optimizer_options",
+            owner,
+        )
     else:
-        dual = (_ExtraSGD if extra else torch.optim.SGD)(
-            dual_params, lr=dual_lr, maximize=True, **dopts
+        dual = _construct(
+            _ExtraSGD if extra else torch.optim.SGD, dual_params, dual_lr,
+            {"maximize": True, **dopts}, "dual_optimizer_options", owner,
         )
     try:
         opt = _CLASSES[optimizer](cmp, primal_optimizers=primal, dual_optimizers=dual)

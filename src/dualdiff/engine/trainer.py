@@ -97,6 +97,38 @@ def _int(value: Any, name: str, low: int) -> int:
     return check_int(value, name, "PrimalDualTrainer", low=low)
 
 
+def _check_model_dim(problem: Any, model: Any, owner: str) -> None:
+    """Score two points of the problem's dimension; refuse a model of another dimension.
+
+    Without it a d=2 model on a d=1 problem is accepted and fails at the first estimate with
+    a shape error from deep inside torch.
+    """
+    d = getattr(problem, "dim", None)
+    if not isinstance(d, int) or isinstance(d, bool):
+        return
+    from ..sampling import model_dtype
+
+    dtype = model_dtype(model) or torch.float64
+    params = [p for p in model.parameters()]
+    device = params[0].device if params else torch.device("cpu")
+    x = torch.zeros(2, d, dtype=dtype, device=device)
+    try:
+        with torch.no_grad():
+            out = model.score(x, 0.5)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise ValueError(
+            f"{owner}: the model cannot score points of the problem's dimension d={d} "
+            f"(problem.dim) with score(x, t) on x of shape (2, {d}): {type(exc).__name__}: "
+            f"{str(exc)[:200]}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, d):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"{owner}: the model's score(x, t) on x of shape (2, {d}) (the problem's dimension) "
+            f"returned {got}; it must return a tensor shaped like x"
+        )
+
+
 def _device(device: Any, owner: str) -> torch.device:
     """``torch.device(device)`` or a ``ValueError`` naming the parameter; ``meta`` is refused."""
     try:
@@ -295,6 +327,7 @@ class PrimalDualTrainer:
         self.problem = problem
         self.model = model
         self.module = _state_module(model)
+        _check_model_dim(problem, model, owner)
         self._params = [p for p in model.parameters() if p.requires_grad]
         if not self._params:
             raise ValueError(f"{owner}: the model has no trainable parameters")
@@ -607,7 +640,8 @@ class PrimalDualTrainer:
         steps
             Number of steps.
         progress
-            Show a tqdm progress bar with the loss and the multipliers.
+            Show a tqdm progress bar with the loss and the multipliers when stderr is a
+            terminal (tqdm's ``disable=None`` convention: nothing is written into logs).
 
         Returns
         -------
@@ -617,7 +651,9 @@ class PrimalDualTrainer:
         steps = _int(steps, "steps", 0)
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc="primal-dual", disable=not progress, leave=False)
+        # disable=None: tqdm's convention, no bar when stderr is not a terminal (logs, CI)
+        bar = tqdm(total=steps, desc="primal-dual", disable=None if progress else True,
+                   leave=False)
         try:
             for _ in range(steps):
                 record = self.step()
