@@ -18,7 +18,8 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from os import PathLike
 from typing import Any
 
@@ -95,6 +96,29 @@ def check_problem(problem: Any, owner: str) -> None:
 
 def _int(value: Any, name: str, low: int) -> int:
     return check_int(value, name, "PrimalDualTrainer", low=low)
+
+
+@contextmanager
+def _as_trainer_error(renames: dict[str, str]) -> Iterator[None]:
+    """Re-raise a helper's typed error as the trainer's, with the trainer's parameter names.
+
+    ``DualDomainProjection: parameter 'margin' ...`` becomes ``PrimalDualTrainer: parameter
+    'domain_margin' ... (from DualDomainProjection)``; the exception class is kept.
+    """
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        msg = str(exc)
+        helper, sep, rest = msg.partition(": ")
+        if not sep or helper.startswith("PrimalDualTrainer"):
+            raise
+        for old, new in renames.items():
+            rest = rest.replace(f"'{old}'", f"'{new}'")
+        try:
+            err = type(exc)(f"PrimalDualTrainer: {rest} (from {helper})")
+        except Exception:
+            raise exc from None
+        raise err from None
 
 
 def _check_model_dim(problem: Any, model: Any, owner: str) -> None:
@@ -343,7 +367,7 @@ class PrimalDualTrainer:
         self.grad_clip = (
             None if grad_clip is None else check_positive(grad_clip, "grad_clip", owner)
         )
-        self.ess_warning = float(ess_warning)
+        self.ess_warning = check_positive(ess_warning, "ess_warning", owner, strict=False)
         if not 0.0 <= self.ess_warning <= 1.0:
             raise ValueError(
                 f"{owner}: parameter 'ess_warning' must be in [0, 1], got {ess_warning}"
@@ -356,7 +380,10 @@ class PrimalDualTrainer:
         self.callbacks = list(callbacks)
         for cb in self.callbacks:
             if not callable(cb):
-                raise TypeError(f"{owner}: every callback must be callable, got {cb!r}")
+                raise TypeError(
+                    f"{owner}: parameter 'callbacks' must hold callables "
+                    f"callback(trainer, record), got {cb!r}"
+                )
 
         if pretrained_data is None:
             pretrained_data = _sampler_of(problem.pretrained)
@@ -368,15 +395,27 @@ class PrimalDualTrainer:
                 f"(m={problem.m}), got {len(unlearn_data)}"
             )
         self.targets = TargetCache(problem)
-        self.form: PrimalForm = make_primal_form(
-            self.primal_name,
-            problem,
-            self.targets,
-            pretrained_data,
-            unlearn_data,
-            **(primal_options or {}),
-        )
+        try:
+            self.form: PrimalForm = make_primal_form(
+                self.primal_name,
+                problem,
+                self.targets,
+                pretrained_data,
+                unlearn_data,
+                **(primal_options or {}),
+            )
+        except TypeError as exc:  # an unknown keyword of the primal form
+            raise TypeError(
+                f"{owner}: parameter 'primal_options'={primal_options!r} is not accepted by "
+                f"primal={self.primal_name!r} ({exc})"
+            ) from None
+        if not isinstance(estimate_objective, bool):
+            raise TypeError(
+                f"{owner}: parameter 'estimate_objective' must be True or False, got "
+                f"{estimate_objective!r}"
+            )
         if isinstance(estimator, str):
+            resolve(estimator, "estimator", owner, ("auto", "exact", "ode"))
             self.estimator: Callable[..., Any] = ConstraintEstimator(
                 problem,
                 method=estimator,  # type: ignore[arg-type]
@@ -390,22 +429,26 @@ class PrimalDualTrainer:
                 f"{owner}: parameter 'estimator' must be 'auto', 'exact', 'ode' or a callable "
                 f"fn(model, generator), got {estimator!r}"
             )
-        self.projection = DualDomainProjection(problem, margin=domain_margin, lam_max=lam_max)
+        with _as_trainer_error({"margin": "domain_margin"}):
+            self.projection = DualDomainProjection(
+                problem, margin=domain_margin, lam_max=lam_max
+            )
         self.penalty = (
             self.dual_lr if penalty is None else check_positive(penalty, "penalty", owner)
         )
-        self.cmp = UnlearningCMP(
-            problem,
-            model,
-            self.form,
-            self.estimator,
-            self.projection,
-            formulation=self.formulation_name,
-            penalty=self.penalty,
-            init_multipliers=init_multipliers,
-            device=self.device,
-            dual_rule=self.dual_rule,
-        )
+        with _as_trainer_error({}):
+            self.cmp = UnlearningCMP(
+                problem,
+                model,
+                self.form,
+                self.estimator,
+                self.projection,
+                formulation=self.formulation_name,
+                penalty=self.penalty,
+                init_multipliers=init_multipliers,
+                device=self.device,
+                dual_rule=self.dual_rule,
+            )
         self.generator = torch.Generator().manual_seed(self.seed)
         self.cmp.generator = self.generator
         self.constrained_optimizer = build_constrained_optimizer(
