@@ -190,7 +190,7 @@ def classify(case: Bad) -> tuple[str, str]:
         if names_owner and names_param:
             return "clear", msg
         return "other", f"{type(exc).__name__} not naming owner/param: {msg[:160]}"
-    except Exception as exc:  # noqa: BLE001 - an error from internals is what we count
+    except Exception as exc:  # an error from internals is what we count
         return "other", f"{type(exc).__name__}: {str(exc)[:160]}"
     return "other", "accepted silently"
 
