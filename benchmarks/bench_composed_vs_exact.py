@@ -57,6 +57,7 @@ import dualdiff
 from dualdiff import GaussianMixture, KLConstrainedProblem, sample_ode, sample_sde
 from dualdiff.cli import environment, format_table, limit_threads
 from dualdiff.datasets import ring_mixture
+from dualdiff.experiments.report import results_location
 from dualdiff.noised import ExactNoisedTarget, composed_score_error
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -479,8 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="smoke run: fewer samples and steps")
     ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--output", type=Path, default=RESULTS)
+    ap.add_argument("--output", type=Path, default=None,
+                    help="folder (default benchmarks/results; --quick: a temporary folder)")
     args = ap.parse_args(argv)
+    args.output = results_location(args.output, RESULTS, quick=args.quick,
+                                   name="bench_composed_vs_exact")
     if args.quick:
         args.n, args.n_direct, args.sde_steps, args.ode_steps = 3000, 2000, 200, 40
         args.n_score, args.exact_field_n, args.exact_field_steps = 300, 500, 30

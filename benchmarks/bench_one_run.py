@@ -95,6 +95,7 @@ from dualdiff.engine import (
     SettledPrimal,
 )
 from dualdiff.engine import TrainableGaussianMixture as TGM
+from dualdiff.experiments.report import results_location
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 5.0
@@ -468,8 +469,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--replot", action="store_true",
                     help="only redraw the PNG from an existing bench_one_run.json")
-    ap.add_argument("--output", type=Path, default=RESULTS)
+    ap.add_argument("--output", type=Path, default=None,
+                    help="folder (default benchmarks/results; --quick: a temporary folder)")
     args = ap.parse_args(argv)
+    args.output = results_location(args.output, RESULTS, quick=args.quick and not args.replot,
+                                   name="bench_one_run")
     if args.quick:
         args.deltas, args.seeds, args.no_variants = args.deltas[:1], args.seeds[:1], True
     args.output.mkdir(parents=True, exist_ok=True)

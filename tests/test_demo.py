@@ -7,8 +7,8 @@ import torch
 
 from dualdiff.cli import main
 from dualdiff.datasets import load_pretrained_ring, ring_mixture
-from dualdiff.experiments.ring import DEFAULTS, TOLERANCES, make_problem, run_demo
 from dualdiff.estimators import ode_log_likelihood
+from dualdiff.experiments.ring import DEFAULTS, TOLERANCES, make_problem, run_demo
 
 
 def test_shipped_ring_model_matches_the_ring():

@@ -60,10 +60,17 @@ from .problems import (
 from .sampling import SamplerOutput, sample_ode, sample_sde
 from .targets import GeometricTarget, SignedMixtureTarget, Target
 
+#: Distribution name on the package index (``pip install dualdiff-unlearning``); the import
+#: name is ``dualdiff``. ("dualdiff" on PyPI is an unrelated project.)
+DISTRIBUTION = "dualdiff-unlearning"
+
 try:
-    __version__ = version("dualdiff")
-except PackageNotFoundError:  # pragma: no cover - source tree without installation
-    __version__ = "0.0.0+unknown"
+    __version__ = version(DISTRIBUTION)
+except PackageNotFoundError:  # pragma: no cover - an install made before the rename
+    try:
+        __version__ = version("dualdiff")
+    except PackageNotFoundError:  # source tree without installation
+        __version__ = "0.0.0+unknown"
 
 __all__ = [
     "ESD",

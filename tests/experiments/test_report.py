@@ -155,3 +155,24 @@ def test_run_demo_refuses_bad_arguments_before_writing(tmp_path, bad):
     with pytest.raises(ValueError, match=r"run_demo: .*(seed|steps|problems)"):
         ring.run_demo(tmp_path / "out", progress=False, **bad)
     assert not (tmp_path / "out").exists()
+
+
+def test_quick_benchmark_runs_write_outside_the_tracked_results(tmp_path):
+    tracked = tmp_path / "benchmarks" / "results" / "bench_x.json"
+    quick = rep.results_location(None, tracked, quick=True, name="bench_x")
+    assert quick.name == "bench_x.json" and tracked.parent not in quick.parents
+    assert "dualdiff-bench_x-quick-" in str(quick.parent)
+    assert rep.results_location(None, tracked, quick=False, name="bench_x") == tracked
+    assert rep.results_location(tmp_path / "mine.json", tracked, quick=True,
+                                name="bench_x") == tmp_path / "mine.json"
+    folder = rep.results_location(None, tracked.parent, quick=True, name="bench_y")
+    assert folder.is_dir() and tracked.parent not in folder.parents
+
+
+def test_benchmark_quick_flags_use_the_temporary_location():
+    from pathlib import Path
+
+    root = Path(__file__).parents[2] / "benchmarks"
+    for name in ("bench_engine", "bench_dual", "bench_one_run", "bench_composed_vs_exact"):
+        text = (root / f"{name}.py").read_text()
+        assert "results_location(" in text and "quick=args.quick" in text, name

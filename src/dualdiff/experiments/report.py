@@ -37,7 +37,9 @@ __all__ = [
     "begin_report",
     "environment",
     "finish_report",
+    "results_location",
     "save_figure",
+    "save_open_figures",
     "tolerance_statement",
     "verdict",
 ]
@@ -247,3 +249,44 @@ def tolerance_statement(tolerances: dict[str, float], sigmas: float = 3.0) -> st
 def outputs_of(report: dict[str, Any]) -> Iterable[str]:
     """Names of the files the run wrote (its manifest)."""
     return tuple(report.get("outputs", ()))
+
+
+def save_open_figures(name: str, folder: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Save every open matplotlib figure as ``folder/{name}_{k}.png`` (atomic writes).
+
+    For scripts run headless (``MPLBACKEND=Agg``, CI, ssh), where ``plt.show()`` displays
+    nothing and the figures would be lost. ``folder`` defaults to ``$DUALDIFF_FIGURES`` or
+    ``./figures``. The figures stay open (sphinx-gallery still collects them).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    import matplotlib.pyplot as plt
+
+    out = Path(folder or os.environ.get("DUALDIFF_FIGURES", "figures"))
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k in plt.get_fignums():
+        written.append(save_figure(plt.figure(k), out / f"{name}_{k}.png", dpi=110))
+    return written
+
+
+def results_location(
+    given: str | os.PathLike[str] | None, default: Path, *, quick: bool, name: str
+) -> Path:
+    """Output of a benchmark: ``given``, else a temporary folder for ``--quick``, else ``default``.
+
+    Smoke runs (``--quick``) must not overwrite the tracked reference results; they go to a new
+    ``dualdiff-{name}-quick-*`` folder under the system's temporary directory. ``default`` may
+    be a folder or a file path (a file keeps its name inside the temporary folder).
+    """
+    import tempfile
+
+    if given is not None:
+        return Path(given)
+    if not quick:
+        return default
+    tmp = Path(tempfile.mkdtemp(prefix=f"dualdiff-{name}-quick-"))
+    return tmp / default.name if default.suffix else tmp

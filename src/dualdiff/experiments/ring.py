@@ -272,7 +272,9 @@ def _figures(
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover - plot extra missing
         entry["figures"] = []
-        entry["figures_note"] = "matplotlib is not installed: pip install dualdiff[plot]"
+        entry["figures_note"] = (
+            "matplotlib is not installed: pip install 'dualdiff-unlearning[plot]'"
+        )
         return
     from ..sampling import sample_ode
 
