@@ -61,7 +61,7 @@ class SamplerOutput(NamedTuple):
 
 
 def model_dtype(model: Any) -> torch.dtype | None:
-    """Floating dtype of a score model's parameters (``None`` for an analytic model).
+    """Floating dtype of a score model (``None`` when it states none).
 
     Looks at ``model.dtype``, then ``model.parameters()``, then a wrapped ``model.model`` /
     ``model.module`` (e.g. :class:`~dualdiff.models.Conditioned` over a module).
