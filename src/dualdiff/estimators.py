@@ -105,7 +105,7 @@ def _check_model_dtype(model: Any, x: torch.Tensor, name: str, owner: str) -> No
     """Raise ``TypeError`` if a module-backed model's dtype differs from the data's."""
     from .sampling import model_dtype
 
-    md = model_dtype(model)
+    md = model_dtype(model, parameters_only=True)
     if md is not None and md != x.dtype:
         raise TypeError(
             f"{owner}: parameter '{name}' has dtype {x.dtype} but the model's parameters are "

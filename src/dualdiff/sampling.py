@@ -60,18 +60,20 @@ class SamplerOutput(NamedTuple):
     times: torch.Tensor
 
 
-def model_dtype(model: Any) -> torch.dtype | None:
+def model_dtype(model: Any, *, parameters_only: bool = False) -> torch.dtype | None:
     """Floating dtype of a score model (``None`` when it states none).
 
-    Looks at ``model.dtype``, then ``model.parameters()``, then a wrapped ``model.model`` /
-    ``model.module`` (e.g. :class:`~dualdiff.models.Conditioned` over a module).
+    Looks at ``model.dtype`` (unless ``parameters_only``), then ``model.parameters()``, then a
+    wrapped ``model.model`` / ``model.module`` (e.g. :class:`~dualdiff.models.Conditioned`
+    over a module). With ``parameters_only`` only module-backed models (whose layers fix the
+    input dtype) report one.
     """
     seen: set[int] = set()
     obj: Any = model
     while obj is not None and id(obj) not in seen:
         seen.add(id(obj))
         dt = getattr(obj, "dtype", None)
-        if isinstance(dt, torch.dtype) and dt.is_floating_point:
+        if not parameters_only and isinstance(dt, torch.dtype) and dt.is_floating_point:
             return dt
         params = getattr(obj, "parameters", None)
         if callable(params):
@@ -83,6 +85,17 @@ def model_dtype(model: Any) -> torch.dtype | None:
                 pass
         obj = getattr(obj, "model", None) or getattr(obj, "module", None)
     return None
+
+
+def check_model_dtype(model: Any, dtype: torch.dtype, name: str, owner: str) -> None:
+    """Raise ``TypeError`` if a module-backed model's parameters are not of ``dtype``."""
+    md = model_dtype(model, parameters_only=True)
+    if md is not None and md != dtype:
+        raise TypeError(
+            f"{owner}: parameter '{name}' is {dtype} but the model's parameters are {md}; "
+            f"use {name}={md} (the default follows the model) or convert the model with "
+            f"model.to({dtype})"
+        )
 
 
 def _check_shape(shape: Any, owner: str) -> tuple[int, ...]:
@@ -195,6 +208,8 @@ def _start(
 ) -> torch.Tensor:
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"{owner}: parameter 'dtype' must be a floating dtype, got {dtype}")
+    if dtype is not None:
+        check_model_dtype(model, dtype, "dtype", owner)
     if x_init is not None:
         if not isinstance(x_init, torch.Tensor) or x_init.ndim < 2:
             raise ValueError(
@@ -202,6 +217,8 @@ def _start(
                 f"{getattr(x_init, 'shape', type(x_init).__name__)}"
             )
         check_finite(x_init, "x_init", owner)
+        if dtype is None:
+            check_model_dtype(model, x_init.dtype, "x_init", owner)
         return x_init.to(dtype=dtype or x_init.dtype, device=device or x_init.device)
     return prior_sample(
         _check_shape(shape, owner),

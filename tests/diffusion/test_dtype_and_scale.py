@@ -33,8 +33,11 @@ def test_analytic_models_keep_float64_and_explicit_dtype_wins():
     assert model_dtype(p) == torch.float64  # an analytic mixture states its dtype
     assert sample_ode(p, (10, 2), method="euler", steps=4).dtype == torch.float64
     assert model_dtype(object()) is None
-    x = sample_ode(_net(), (10, 2), method="euler", steps=4, dtype=torch.float64)
-    assert x.dtype == torch.float64
+    x = sample_ode(p, (10, 2), method="euler", steps=4, dtype=torch.float32)
+    assert x.dtype == torch.float32  # an analytic model takes any floating dtype
+    with pytest.raises(TypeError, match=r"sample_ode: parameter 'dtype' is torch.float64 but "
+                                        r"the model's parameters are torch.float32"):
+        sample_ode(_net(), (10, 2), method="euler", steps=4, dtype=torch.float64)
 
 
 def test_a_dtype_mismatch_in_an_estimator_is_a_clear_type_error():
