@@ -44,7 +44,6 @@ Writes benchmarks/results/bench_composed_vs_exact.json and bench_composed_vs_exa
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -55,6 +54,7 @@ import torch
 
 import dualdiff
 from dualdiff import GaussianMixture, KLConstrainedProblem, sample_ode, sample_sde
+from dualdiff._io import dump_strict_json
 from dualdiff.cli import environment, format_table, limit_threads
 from dualdiff.datasets import ring_mixture
 from dualdiff.experiments.report import results_location
@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         **res,
     }
     path = args.output / "bench_composed_vs_exact.json"
-    path.write_text(json.dumps(out, indent=1))
+    dump_strict_json(out, path, indent=1)  # atomic; NaN -> null + reason
     print(f"wrote {path}")
     return 0
 

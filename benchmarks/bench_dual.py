@@ -26,7 +26,6 @@ Writes benchmarks/results/bench_dual.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -44,6 +43,7 @@ from dualdiff import (
     LikelihoodConstrainedProblem,
     MonteCarlo,
 )
+from dualdiff._io import dump_strict_json
 from dualdiff.cli import environment, format_table, limit_threads
 from dualdiff.experiments.report import results_location
 
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": [asdict(r) for r in results],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+    dump_strict_json(report, args.out, indent=2)  # atomic; NaN -> null + reason
     print(f"wrote {args.out}")
     ok = all(r.m != 1 or r.goal_metric <= GOAL for r in results)
     return 0 if ok else 1

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import statistics
 import time
@@ -45,6 +44,7 @@ import torch
 from torch import nn
 
 from dualdiff import GaussianMixture, KLConstrainedProblem
+from dualdiff._io import dump_strict_json
 from dualdiff.cli import environment, format_table, limit_threads
 from dualdiff.engine import (
     ConstraintEstimate,
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": environment(args.threads),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(out, indent=2))
+    dump_strict_json(out, out_path, indent=2)  # atomic; NaN -> null + reason
     print(f"wrote {out_path}")
     return 0 if ok else 1
 

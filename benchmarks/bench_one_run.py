@@ -85,6 +85,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from dualdiff import GridQuadrature, KLConstrainedProblem
+from dualdiff._io import dump_strict_json
 from dualdiff.baselines import FixedWeightTrainer, esd_eta, esd_lambda
 from dualdiff.cli import environment, format_table, limit_threads
 from dualdiff.datasets import ring_mixture
@@ -615,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         "levels": levels,
     }
     path = args.output / "bench_one_run.json"
-    path.write_text(json.dumps(_jsonable(out), indent=1))
+    dump_strict_json(_jsonable(out), path, indent=1)  # atomic; NaN -> null + reason
     print(f"wrote {path}")
     if not args.no_plot:
         png = args.output / "bench_one_run.png"
