@@ -232,3 +232,20 @@ def test_state_dict_round_trip_resumes_bit_for_bit(tmp_path):
         assert torch.equal(v, resumed.module.state_dict()[k]), k
     assert torch.equal(full.multipliers, resumed.multipliers)
     assert full.history.to_dict() == resumed.history.to_dict()
+
+
+def test_fingerprints_describe_networks_by_weights_unless_they_are_being_trained():
+    from dualdiff.engine.checkpoint import describe
+    from dualdiff.models import Conditioned, MLPScoreNet, ModuleScoreModel
+
+    torch.manual_seed(0)
+    net = ModuleScoreModel(MLPScoreNet(2))
+    other = ModuleScoreModel(MLPScoreNet(2))
+    a, b = describe(Conditioned(net, 3)), describe(Conditioned(other, 3))
+    assert a["cond"] == 3 and a["module"] == "MLPScoreNet"
+    assert a["state_sha256"] != b["state_sha256"]  # other weights: they differ
+    assert describe(Conditioned(net, 3)) == a  # deterministic
+    assert describe(Conditioned(net, 2)) != a  # another condition
+    trained = frozenset(id(p) for p in net.parameters())
+    shared = describe(Conditioned(net, 3), trained)
+    assert "state_sha256" not in shared and "shapes" in shared

@@ -173,22 +173,24 @@ def _state_digest(state: Any) -> str:
     return h.hexdigest()
 
 
-def describe(obj: Any) -> Any:
+def describe(obj: Any, trained: frozenset[int] = frozenset()) -> Any:
     """A JSON-ready description of a distribution, model or option for fingerprints.
 
     Distributions with ``to_dict`` are described by it; ``nn.Module`` (or objects wrapping
     one as ``.module``) by their class and a SHA-256 digest of their ``state_dict``; a
     :class:`~dualdiff.models.Conditioned` view by its model and condition; callables by their
-    qualified name; plain values as they are.
+    qualified name; plain values as they are. A module sharing parameters with the model
+    being trained (ids in ``trained``) is described by its parameter shapes only, since its
+    weights change during training.
     """
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu().tolist()
     if isinstance(obj, (list, tuple)):
-        return [describe(v) for v in obj]
+        return [describe(v, trained) for v in obj]
     if isinstance(obj, dict):
-        return {str(k): describe(v) for k, v in obj.items()}
+        return {str(k): describe(v, trained) for k, v in obj.items()}
     to_dict = getattr(obj, "to_dict", None)
     if callable(to_dict):
         try:
@@ -197,18 +199,19 @@ def describe(obj: Any) -> Any:
             pass
     module = obj if isinstance(obj, nn.Module) else getattr(obj, "module", None)
     if isinstance(module, nn.Module):
-        out: dict[str, Any] = {
-            "type": type(obj).__name__,
-            "module": type(module).__name__,
-            "state_sha256": _tensor_digest(module.state_dict()),
-        }
+        out: dict[str, Any] = {"type": type(obj).__name__, "module": type(module).__name__}
+        if any(id(p) in trained for p in module.parameters()):
+            out["shapes"] = {k: list(v.shape) for k, v in module.state_dict().items()}
+            out["note"] = "shares parameters with the trained model: weights not compared"
+        else:
+            out["state_sha256"] = _tensor_digest(module.state_dict())
         if hasattr(obj, "cond"):
-            out["cond"] = describe(obj.cond)
+            out["cond"] = describe(obj.cond, trained)
         return out
     inner = getattr(obj, "model", None)
     if inner is not None and hasattr(obj, "cond"):
-        return {"type": type(obj).__name__, "model": describe(inner),
-                "cond": describe(obj.cond)}
+        return {"type": type(obj).__name__, "model": describe(inner, trained),
+                "cond": describe(obj.cond, trained)}
     if callable(obj):
         return {"callable": getattr(obj, "__qualname__", type(obj).__qualname__)}
     return {"type": type(obj).__name__}
@@ -234,17 +237,18 @@ def fingerprint(trainer: PrimalDualTrainer) -> dict[str, dict[str, Any]]:
     ``dual_optimizer``.
     """
     prob = trainer.problem
+    trained = frozenset(id(p) for p in trainer.module.parameters())
     problem: dict[str, Any] = {
         "kind": prob.kind,
         "m": int(prob.m),
         "bounds": [float(v) for v in torch.as_tensor(prob.bounds).reshape(-1).tolist()],
-        "pretrained": describe(getattr(prob, "pretrained", None)),
-        "unlearn": [describe(q) for q in getattr(prob, "unlearn", [])],
+        "pretrained": describe(getattr(prob, "pretrained", None), trained),
+        "unlearn": [describe(q, trained) for q in getattr(prob, "unlearn", [])],
     }
     for opt_name in ("direction", "likelihood"):
         if hasattr(prob, opt_name):
             value = getattr(prob, opt_name)
-            problem[opt_name] = value if isinstance(value, str) else describe(value)
+            problem[opt_name] = value if isinstance(value, str) else describe(value, trained)
     copt = trainer.constrained_optimizer
     primals = list(copt.primal_optimizers or [])
     duals = list(copt.dual_optimizers or [])
@@ -261,7 +265,7 @@ def fingerprint(trainer: PrimalDualTrainer) -> dict[str, dict[str, Any]]:
         "primal_optimizer": [_optimizer_settings(o) for o in primals],
         "dual_optimizer": [_optimizer_settings(o) for o in duals],
     }
-    return {"problem": describe(problem), "settings": describe(settings)}
+    return {"problem": describe(problem, trained), "settings": describe(settings)}
 
 
 def _differences(theirs: Any, mine: Any, where: str = "") -> list[str]:
