@@ -279,3 +279,15 @@ def test_the_table_covers_every_trainer_parameter():
 def test_numeric_strings_are_not_coerced(value):
     with pytest.raises(TypeError, match=r"PrimalDualTrainer: parameter 'primal_lr' .*string"):
         _trainer(primal_lr=value)
+
+
+def test_learn_accepts_a_single_part_name():
+    model = TrainableGaussianMixture.from_mixture(P0, learn="means")
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["means"]
+
+
+def test_weights_that_do_not_sum_to_one_are_renormalised_as_documented():
+    g = GaussianMixture([1.0, 3.0], [[0.0], [1.0]], 1.0)
+    assert torch.allclose(g.weights, torch.tensor([0.25, 0.75], dtype=torch.float64))
+    assert "normalised" in (GaussianMixture.__doc__ or "")
