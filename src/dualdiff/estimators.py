@@ -28,7 +28,7 @@ from ._errors import DataScaleWarning
 from ._validation import check_choice, check_finite, check_int, check_positive
 from .losses import check_score_model, predict_eps, resolve_schedule
 from .models.parametrization import clamp_time
-from .models.protocol import Density, ScoreModel
+from .models.protocol import Density, ScoreModel, model_dtype
 from .models.schedule import NoiseSchedule
 
 __all__ = [
@@ -103,8 +103,6 @@ def _check_batch(x: Any, name: str, owner: str) -> torch.Tensor:
 
 def _check_model_dtype(model: Any, x: torch.Tensor, name: str, owner: str) -> None:
     """Raise ``TypeError`` if a module-backed model's dtype differs from the data's."""
-    from .sampling import model_dtype
-
     md = model_dtype(model, parameters_only=True)
     if md is not None and md != x.dtype:
         raise TypeError(

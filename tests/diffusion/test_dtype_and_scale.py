@@ -8,10 +8,16 @@ import warnings
 import pytest
 import torch
 
-from dualdiff import DataScaleWarning, GaussianMixture
-from dualdiff.estimators import elbo, ode_log_likelihood
+from dualdiff import (
+    DataScaleWarning,
+    GaussianMixture,
+    elbo,
+    ode_log_likelihood,
+    sample_ode,
+    sample_sde,
+)
 from dualdiff.models import MLPScoreNet, ModuleScoreModel
-from dualdiff.sampling import model_dtype, sample_ode, sample_sde
+from dualdiff.models.protocol import model_dtype
 
 
 def _net(dtype=torch.float32):

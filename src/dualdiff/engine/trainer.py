@@ -28,6 +28,7 @@ from torch import nn
 
 from .._errors import NonFiniteError
 from .._validation import check_int, check_positive
+from ..models.protocol import model_dtype
 from .cmp import NonFiniteStep, UnlearningCMP
 from .estimation import ConstraintEstimate, ConstraintEstimator
 from .history import StepRecord, TrainingHistory
@@ -130,8 +131,6 @@ def _check_model_dim(problem: Any, model: Any, owner: str) -> None:
     d = getattr(problem, "dim", None)
     if not isinstance(d, int) or isinstance(d, bool):
         return
-    from ..sampling import model_dtype
-
     dtype = model_dtype(model) or torch.float64
     params = [p for p in model.parameters()]
     device = params[0].device if params else torch.device("cpu")
