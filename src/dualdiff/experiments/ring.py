@@ -276,7 +276,7 @@ def _figures(
             "matplotlib is not installed: pip install 'dualdiff-unlearning[plot]'"
         )
         return
-    from ..sampling import sample_ode
+    from .. import sample_ode
 
     kind = entry["problem"]
     gen = torch.Generator().manual_seed(seed + 3)
