@@ -8,9 +8,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._errors import (
     CheckpointError,
+    ClosedFormUnavailableError,
     DataScaleWarning,
     DualdiffError,
     DualDomainError,
+    DualEstimateUnavailableError,
     IllPosedProblemError,
     NonFiniteError,
 )
@@ -24,6 +26,9 @@ from .baselines import (
     neggrad_loss,
     train_fixed_weight,
 )
+from .diffusion.likelihood import Estimate, elbo, kl_estimate, ode_log_likelihood, path_kl
+from .diffusion.losses import denoising_score_matching_loss
+from .diffusion.sampling import SamplerOutput, sample_ode, sample_sde
 from .duality import Certificate, DualSolution
 from .engine import (
     ConstraintEstimate,
@@ -35,9 +40,7 @@ from .engine import (
     TrainingHistory,
     UnknownOptionError,
 )
-from .estimators import Estimate, elbo, kl_estimate, ode_log_likelihood, path_kl
 from .integration import GridQuadrature, MonteCarlo
-from .losses import denoising_score_matching_loss
 from .models import (
     Conditioned,
     Density,
@@ -48,17 +51,19 @@ from .models import (
     ScoreModel,
     VPSchedule,
 )
-from .noised import ExactNoisedTarget, ScoreErrorProfile, composed_score_error
-from .potentials import CallableLikelihood, DensityLikelihood, LogLikelihood
 from .problems import (
+    DensityEstimator,
+    DualDomain,
+    EstimatedDualSolution,
     ForwardKLProblem,
     KLConstrainedProblem,
     LikelihoodConstrainedProblem,
     ReverseKLProblem,
     UnlearningProblem,
 )
-from .sampling import SamplerOutput, sample_ode, sample_sde
 from .targets import GeometricTarget, SignedMixtureTarget, Target
+from .targets.noised import ExactNoisedTarget, ScoreErrorProfile, composed_score_error
+from .targets.potentials import CallableLikelihood, DensityLikelihood, LogLikelihood
 
 #: Distribution name on the package index (``pip install dualdiff-unlearning``); the import
 #: name is ``dualdiff``. ("dualdiff" on PyPI is an unrelated project.)
@@ -78,17 +83,22 @@ __all__ = [
     "CallableLikelihood",
     "Certificate",
     "CheckpointError",
+    "ClosedFormUnavailableError",
     "Conditioned",
     "ConstraintEstimate",
     "ConstraintEstimator",
     "DataScaleWarning",
     "Density",
+    "DensityEstimator",
     "DensityLikelihood",
+    "DualDomain",
     "DualDomainError",
+    "DualEstimateUnavailableError",
     "DualSolution",
     "DualdiffError",
     "EngineConfigurationError",
     "Estimate",
+    "EstimatedDualSolution",
     "ExactNoisedTarget",
     "FixedWeightTrainer",
     "ForwardKLProblem",

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError",
+    "ClosedFormUnavailableError",
     "DataScaleWarning",
     "DualDomainError",
+    "DualEstimateUnavailableError",
     "DualdiffError",
     "IllPosedProblemError",
+    "LowEffectiveSampleSizeWarning",
     "NonFiniteError",
 ]
 
@@ -43,3 +46,21 @@ class DataScaleWarning(UserWarning):
     :math:`\alpha_T\,\mathrm{rms}(x_0) \gtrsim 0.1\,\sigma_T` violate it (standardise the
     data, or use a schedule with a larger terminal variance).
     """
+
+
+class ClosedFormUnavailableError(DualdiffError, NotImplementedError):
+    """A closed-form operation on a problem stated with models (no analytic density).
+
+    ``solve_dual``, ``target`` and ``certificate`` need densities to integrate.
+
+    Such problems are solved by ``problem.estimate_dual(...)`` (Monte Carlo over pretrained
+    samples) and ``PrimalDualTrainer`` (primal-dual fine-tuning).
+    """
+
+
+class DualEstimateUnavailableError(DualdiffError, NotImplementedError):
+    """``estimate_dual`` cannot estimate this problem's dual from what it was given."""
+
+
+class LowEffectiveSampleSizeWarning(UserWarning):
+    """The (population or Monte Carlo) effective sample size of a reweighting is low."""

@@ -1,7 +1,8 @@
 """The 2-D ring of eight Gaussians and a small MLP noise-prediction model pretrained on it.
 
 The shipped checkpoint ``ring8_eps_mlp.pt`` was made by
-``python -m dualdiff.datasets.ring --output src/dualdiff/datasets/ring8_eps_mlp.pt`` (the defaults of
+``python -m dualdiff.datasets.ring --output src/dualdiff/datasets/ring8_eps_mlp.pt``
+(the defaults of
 :func:`pretrain_ring_model`); rerunning it reproduces the file up to floating-point
 non-determinism of the platform.
 """
@@ -14,7 +15,7 @@ from importlib import resources
 
 import torch
 
-from ..losses import denoising_score_matching_loss
+from ..diffusion.losses import denoising_score_matching_loss
 from ..models.gaussian_mixture import GaussianMixture
 from ..models.module_adapter import MLPScoreNet, ModuleScoreModel
 

@@ -51,7 +51,7 @@ from torch import nn
 
 from .._errors import CheckpointError
 from .._io import atomic_write
-from .estimation import ConstraintEstimate
+from .constraints import ConstraintEstimate
 from .history import TrainingHistory
 from .options import EngineConfigurationError
 

@@ -28,7 +28,8 @@ import torch
 from .._validation import check_choice, check_int
 from ..datasets.ring import load_pretrained_ring, ring_mixture
 from ..engine import ConstraintEstimator, PrimalDualTrainer
-from ..problems import KLConstrainedProblem, LikelihoodConstrainedProblem, UnlearningProblem
+from ..problems import AnalyticProblem as UnlearningProblem  # the closed-form problems
+from ..problems import KLConstrainedProblem, LikelihoodConstrainedProblem
 from .report import begin_report, finish_report, save_figure, tolerance_statement, verdict
 
 __all__ = ["DemoConfig", "make_problem", "run_demo", "run_problem"]
@@ -276,7 +277,7 @@ def _figures(
             "matplotlib is not installed: pip install 'dualdiff-unlearning[plot]'"
         )
         return
-    from .. import sample_ode
+    from ..diffusion.sampling import sample_ode
 
     kind = entry["problem"]
     gen = torch.Generator().manual_seed(seed + 3)
