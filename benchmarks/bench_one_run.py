@@ -85,6 +85,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from dualdiff import GridQuadrature, KLConstrainedProblem
+from dualdiff._io import dump_strict_json
 from dualdiff.baselines import FixedWeightTrainer, esd_eta, esd_lambda
 from dualdiff.cli import environment, format_table, limit_threads
 from dualdiff.datasets import ring_mixture
@@ -95,6 +96,7 @@ from dualdiff.engine import (
     SettledPrimal,
 )
 from dualdiff.engine import TrainableGaussianMixture as TGM
+from dualdiff.experiments.report import results_location
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 5.0
@@ -468,8 +470,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--replot", action="store_true",
                     help="only redraw the PNG from an existing bench_one_run.json")
-    ap.add_argument("--output", type=Path, default=RESULTS)
+    ap.add_argument("--output", type=Path, default=None,
+                    help="folder (default benchmarks/results; --quick: a temporary folder)")
     args = ap.parse_args(argv)
+    args.output = results_location(args.output, RESULTS, quick=args.quick and not args.replot,
+                                   name="bench_one_run")
     if args.quick:
         args.deltas, args.seeds, args.no_variants = args.deltas[:1], args.seeds[:1], True
     args.output.mkdir(parents=True, exist_ok=True)
@@ -611,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         "levels": levels,
     }
     path = args.output / "bench_one_run.json"
-    path.write_text(json.dumps(_jsonable(out), indent=1))
+    dump_strict_json(_jsonable(out), path, indent=1)  # atomic; NaN -> null + reason
     print(f"wrote {path}")
     if not args.no_plot:
         png = args.output / "bench_one_run.png"

@@ -45,6 +45,15 @@ def _as_mixture(obj: Any, name: str, owner: str) -> GaussianMixture:
     return obj.to(_DTYPE)
 
 
+def _finite_scalar(value: Any, name: str, owner: str) -> float:
+    """A finite real scalar (strings and NaN refused) or a typed error naming ``name``."""
+    t = as_tensor(value, name, owner, dtype=_DTYPE)
+    if t.numel() != 1:
+        raise ValueError(f"{owner}: parameter '{name}' must be a scalar, got shape "
+                         f"{tuple(t.shape)}")
+    return float(t)
+
+
 class AnalyticProblem(UnlearningProblem):
     """Base class of the closed-form problems (RU, FU, LU stated with Gaussian mixtures).
 
@@ -504,7 +513,13 @@ class AnalyticProblem(UnlearningProblem):
             Label of the estimation method (reported in the certificate).
         """
         lam_t = self._check_multipliers(lam, "certificate_from_estimates")
-        c = torch.as_tensor(constraint_values, dtype=_DTYPE).reshape(-1)
+        owner = f"{self._owner}.certificate_from_estimates"
+        objective = _finite_scalar(objective, "objective", owner)
+        objective_error = _finite_scalar(objective_error, "objective_error", owner)
+        if objective_error < 0:
+            raise ValueError(f"{owner}: parameter 'objective_error' must be >= 0, got "
+                             f"{objective_error}")
+        c = as_tensor(constraint_values, "constraint_values", owner, dtype=_DTYPE).reshape(-1)
         if c.numel() != self.m:
             raise ValueError(
                 f"{self._owner}.certificate_from_estimates: parameter 'constraint_values' must "
@@ -513,7 +528,7 @@ class AnalyticProblem(UnlearningProblem):
         ce = (
             torch.zeros_like(c)
             if constraint_errors is None
-            else torch.as_tensor(constraint_errors, dtype=_DTYPE).reshape(-1)
+            else as_tensor(constraint_errors, "constraint_errors", owner, dtype=_DTYPE).reshape(-1)
         )
         return self._certify(
             lam_t, float(objective), float(objective_error), c, ce, method, status, math.nan

@@ -119,6 +119,12 @@ class KLConstrainedProblem(AnalyticProblem):
             check_choice(direction, "direction", "KLConstrainedProblem", ["reverse", "forward"])
             pretrained = args[0] if args else kwargs.get("pretrained")
             if pretrained is not None and not isinstance(pretrained, GaussianMixture):
+                if not callable(getattr(pretrained, "score", None)):
+                    raise TypeError(
+                        "KLConstrainedProblem: parameter 'pretrained' must be a "
+                        "GaussianMixture (closed form) or a score model with score(x, t), got "
+                        f"{type(pretrained).__name__} {pretrained!r:.60}"
+                    )
                 from .model_level import ModelForwardKLProblem, ModelReverseKLProblem
 
                 # registered virtual subclasses, which type.__call__ does not initialise
