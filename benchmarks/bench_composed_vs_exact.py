@@ -55,9 +55,9 @@ import torch
 import dualdiff
 from dualdiff import GaussianMixture, KLConstrainedProblem, sample_ode, sample_sde
 from dualdiff._io import dump_strict_json
-from dualdiff.cli import environment, format_table, limit_threads
 from dualdiff.datasets import ring_mixture
-from dualdiff.experiments.report import results_location
+from dualdiff.experiments.report import environment, results_location
+from dualdiff.experiments.runtime import format_table, limit_threads
 from dualdiff.targets.noised import ExactNoisedTarget, composed_score_error
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -43,7 +43,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from diffusers import DDPMScheduler, UNet2DModel
 
 from dualdiff.adapters.diffusers import DiffusersScoreModel
-from dualdiff.cli import environment, format_table, limit_threads
+from dualdiff.experiments.report import environment
+from dualdiff.experiments.runtime import format_table, limit_threads
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_diffusers_adapter.json"
 

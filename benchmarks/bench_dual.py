@@ -44,8 +44,8 @@ from dualdiff import (
     MonteCarlo,
 )
 from dualdiff._io import dump_strict_json
-from dualdiff.cli import environment, format_table, limit_threads
-from dualdiff.experiments.report import results_location
+from dualdiff.experiments.report import environment, results_location
+from dualdiff.experiments.runtime import format_table, limit_threads
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_dual.json"
 GOAL = 30.0  # density-evaluation equivalents for one constraint

@@ -45,7 +45,6 @@ from torch import nn
 
 from dualdiff import GaussianMixture, KLConstrainedProblem
 from dualdiff._io import dump_strict_json
-from dualdiff.cli import environment, format_table, limit_threads
 from dualdiff.diffusion.losses import denoising_score_matching_loss
 from dualdiff.engine import (
     ConstraintEstimate,
@@ -54,7 +53,8 @@ from dualdiff.engine import (
     TargetCache,
     violations_from,
 )
-from dualdiff.experiments.report import results_location
+from dualdiff.experiments.report import environment, results_location
+from dualdiff.experiments.runtime import format_table, limit_threads
 from dualdiff.models.module_adapter import MLPScoreNet, ModuleScoreModel
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_engine.json"

@@ -87,7 +87,6 @@ from typing import Any, NamedTuple
 from dualdiff import GridQuadrature, KLConstrainedProblem
 from dualdiff._io import dump_strict_json
 from dualdiff.baselines import FixedWeightTrainer, esd_eta, esd_lambda
-from dualdiff.cli import environment, format_table, limit_threads
 from dualdiff.datasets import ring_mixture
 from dualdiff.engine import (
     ConstraintEstimator,
@@ -96,7 +95,8 @@ from dualdiff.engine import (
     SettledPrimal,
 )
 from dualdiff.engine import TrainableGaussianMixture as TGM
-from dualdiff.experiments.report import results_location
+from dualdiff.experiments.report import environment, results_location
+from dualdiff.experiments.runtime import format_table, limit_threads
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 5.0

@@ -21,7 +21,7 @@ import pytest
 import scipy.special
 
 import dualdiff
-from dualdiff import cli
+from dualdiff import cli, verify
 from dualdiff.testing import gaussian_reference, mixture_log_pdf, standard_suite
 
 # ----------------------------------------------------------------------------- end to end
@@ -178,7 +178,9 @@ def test_verify_in_process_against_closed_form(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ref = gaussian_reference("RU")
-    monkeypatch.setattr(cli, "_suite", lambda: ([_Case("gauss-RU", ref.problem, 1e-8)], "test"))
+    monkeypatch.setattr(
+        verify, "verification_suite", lambda: ([_Case("gauss-RU", ref.problem, 1e-8)], "test")
+    )
     out = tmp_path / "sub" / "v.json"
     assert cli.main(["verify", "--json", str(out)]) == 0
     row = json.loads(out.read_text())["cases"][0]
@@ -198,7 +200,7 @@ def test_verify_reports_failures(
         _Case("wrong-status", ref.problem, 1e-6, expected_status="boundary"),
         _Case("crash", _Exploding(), 1e-6),
     ]
-    monkeypatch.setattr(cli, "_suite", lambda: (cases, "test"))
+    monkeypatch.setattr(verify, "verification_suite", lambda: (cases, "test"))
     out = tmp_path / "v.json"
     assert cli.main(["verify", "--json", str(out)]) == 1
     rows = {r["name"]: r for r in json.loads(out.read_text())["cases"]}
@@ -214,7 +216,9 @@ def test_tolerance_override_applies_to_every_case(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     ref = gaussian_reference("RU")
-    monkeypatch.setattr(cli, "_suite", lambda: ([_Case("c", ref.problem, 1e-300)], "test"))
+    monkeypatch.setattr(
+        verify, "verification_suite", lambda: ([_Case("c", ref.problem, 1e-300)], "test")
+    )
     out = tmp_path / "v.json"
     assert cli.main(["verify", "--tolerance", "1e-6", "--json", str(out)]) == 0
     report = json.loads(out.read_text())

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dualdiff import cli
+from dualdiff import cli, verify
 from dualdiff.cli import main
 
 
@@ -23,7 +23,7 @@ def test_verify_json_under_a_file_is_a_usage_error_before_the_suite(a_file, monk
     def suite_must_not_run():
         raise AssertionError("the suite ran before the path was checked")
 
-    monkeypatch.setattr(cli, "_suite", suite_must_not_run)
+    monkeypatch.setattr(verify, "verification_suite", suite_must_not_run)
     assert main(["verify", "--json", str(a_file / "report.json")]) == 2
     err = capsys.readouterr().err
     assert "dualdiff verify: error: --json" in err and "is a file, not a folder" in err
@@ -90,7 +90,7 @@ def test_verify_json_is_strict_and_atomic(tmp_path, monkeypatch):
             def solve_dual():
                 raise RuntimeError("no solution")
 
-    monkeypatch.setattr(cli, "_suite", lambda: ([Case()], "test"))
+    monkeypatch.setattr(verify, "verification_suite", lambda: ([Case()], "test"))
     out = tmp_path / "v.json"
     assert main(["verify", "--json", str(out)]) == 1
 
