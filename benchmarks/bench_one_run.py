@@ -29,7 +29,7 @@ Setting (exact constraint values, so no estimator noise enters the comparison):
     (``problem.dual_hessian([0])``); its first dual step is the Newton step from lambda = 0.
     Headline dual-update rule: ``dual_update=SettledPrimal(kappa=0.25)`` (inexact dual ascent:
     an estimate drives a dual step only once the model's constraint value has settled at the
-    current lambda, ``dualdiff.engine.schedule``). Counted: the first evaluated step from
+    current lambda, ``dualdiff.engine.dual_update``). Counted: the first evaluated step from
     which the value stays within b (1 +- 5%) for the next 100 steps ("entry step").
     History: the first headline was plain gradient descent-ascent (a dual step every 20
     primal steps, the engine convergence test's settings); it measured a median 3.6x, below
@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--estimate-every", type=int, default=10,
                     help="primal steps per constraint estimate (the sweep is evaluated as often)")
     ap.add_argument("--dual-update", choices=["settled", "every"], default="settled",
-                    help="headline dual-update rule (dualdiff.engine.schedule)")
+                    help="headline dual-update rule (dualdiff.engine.dual_update)")
     ap.add_argument("--kappa", type=float, default=0.25,
                     help="headline relative-error tolerance of the settled rule")
     ap.add_argument("--pd-steps", type=int, default=300)

@@ -1,4 +1,4 @@
-"""Dual-update rules (``dualdiff.engine.schedule``) and their use by the trainer.
+"""Dual-update rules (``dualdiff.engine.dual_update``) and their use by the trainer.
 
 Decisions are checked against the criterion worked out by hand on synthetic estimate
 sequences; the trainer tests check that multipliers move exactly at the recorded dual steps,
@@ -22,7 +22,7 @@ from dualdiff.engine import (
     TrainableGaussianMixture,
     UnknownOptionError,
 )
-from dualdiff.engine.schedule import make_dual_update_rule
+from dualdiff.engine.dual_update import make_dual_update_rule
 
 P0 = GaussianMixture([0.7, 0.3], [[-2.0], [2.0]], 1.0)
 Q = P0.component(1)

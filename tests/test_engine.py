@@ -328,7 +328,7 @@ def test_unknown_names_raise_typed_errors(kwarg, value):
 def test_incompatible_options_raise():
     with pytest.raises(EngineConfigurationError, match="nuPI has no extrapolation"):
         PrimalDualTrainer(_make("FU"), _model(), optimizer="extragradient", dual_optimizer="nupi")
-    with pytest.raises(EngineConfigurationError, match="does not support problem kind 'FU'"):
+    with pytest.raises(EngineConfigurationError, match="does not apply to ForwardKLProblem"):
         PrimalDualTrainer(_make("FU"), _model(), primal="sampler")
     with pytest.raises(TypeError, match="parameter 'problem'"):
         PrimalDualTrainer(P0, _model())

@@ -22,7 +22,7 @@ Q = P0.component(1)
 # Dual step sizes ~ 1/|dual Hessian| (FU: -4.3, LU: -30, RU: -33 at the optimum). Dual-update
 # rules: "every" moves the dual every 20 primal steps ("a few primal steps at fixed lambda",
 # MATH.md §4); "settled" estimates every 10 steps and moves the dual only once the model has
-# settled at the current multipliers (dualdiff.engine.schedule), which makes the dual iteration
+# settled at the current multipliers (dualdiff.engine.dual_update), which makes the dual iteration
 # gradient ascent on the dual function itself: it takes the Newton step size 1/|g''(lam*)|
 # (at 1.5x that, RU's multiplier oscillation grows, as gradient ascent past 1/L does).
 RULES = {"every": 20, "settled": 10}

@@ -6,7 +6,14 @@ Likelihood Constraints* (Khalafi, Ribeiro & Ding, ICML 2026, arXiv:2605.30825).
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._errors import DualdiffError, DualDomainError, IllPosedProblemError, NonFiniteError
+from ._errors import (
+    ClosedFormUnavailableError,
+    DualdiffError,
+    DualDomainError,
+    DualEstimateUnavailableError,
+    IllPosedProblemError,
+    NonFiniteError,
+)
 from .baselines import (
     ESD,
     SISS,
@@ -44,6 +51,9 @@ from .models import (
 from .noised import ExactNoisedTarget, ScoreErrorProfile, composed_score_error
 from .potentials import CallableLikelihood, DensityLikelihood, LogLikelihood
 from .problems import (
+    DensityEstimator,
+    DualDomain,
+    EstimatedDualSolution,
     ForwardKLProblem,
     KLConstrainedProblem,
     LikelihoodConstrainedProblem,
@@ -63,16 +73,21 @@ __all__ = [
     "SISS",
     "CallableLikelihood",
     "Certificate",
+    "ClosedFormUnavailableError",
     "Conditioned",
     "ConstraintEstimate",
     "ConstraintEstimator",
     "Density",
+    "DensityEstimator",
     "DensityLikelihood",
+    "DualDomain",
     "DualDomainError",
+    "DualEstimateUnavailableError",
     "DualSolution",
     "DualdiffError",
     "EngineConfigurationError",
     "Estimate",
+    "EstimatedDualSolution",
     "ExactNoisedTarget",
     "FixedWeightTrainer",
     "ForwardKLProblem",

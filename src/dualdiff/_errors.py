@@ -7,9 +7,12 @@ so a user can fix the call from the message alone.
 from __future__ import annotations
 
 __all__ = [
+    "ClosedFormUnavailableError",
     "DualDomainError",
+    "DualEstimateUnavailableError",
     "DualdiffError",
     "IllPosedProblemError",
+    "LowEffectiveSampleSizeWarning",
     "NonFiniteError",
 ]
 
@@ -28,3 +31,20 @@ class IllPosedProblemError(DualdiffError, ValueError):
 
 class NonFiniteError(DualdiffError, ValueError):
     """A NaN or infinite value was found where a finite one is required."""
+
+
+class ClosedFormUnavailableError(DualdiffError, NotImplementedError):
+    """A closed-form operation (``solve_dual``, ``target``, ``certificate``) on a problem stated
+    with models, which has no analytic densities to integrate.
+
+    Such problems are solved by ``problem.estimate_dual(...)`` (Monte Carlo over pretrained
+    samples) and ``PrimalDualTrainer`` (primal-dual fine-tuning).
+    """
+
+
+class DualEstimateUnavailableError(DualdiffError, NotImplementedError):
+    """``estimate_dual`` cannot estimate this problem's dual from what it was given."""
+
+
+class LowEffectiveSampleSizeWarning(UserWarning):
+    """The (population or Monte Carlo) effective sample size of a reweighting is low."""

@@ -38,7 +38,7 @@ import torch
 from ._errors import DualDomainError
 from ._validation import as_tensor, check_choice, check_positive
 from .engine.history import TrainingHistory
-from .engine.multipliers import DualDomainProjection
+from .problems.dual_domain import DualDomainProjection
 from .engine.trainer import PrimalDualTrainer, check_problem
 from .losses import check_score_model, denoising_score_matching_loss
 from .models.schedule import NoiseSchedule

@@ -11,9 +11,10 @@ optimisers with histories, callbacks, a NaN guard and bit-exact checkpoints.
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .cmp import NonFiniteStep, UnlearningCMP, UnlearningCMPState
-from .estimation import ConstraintEstimate, ConstraintEstimator, violations_from
+from .constraints import ConstraintEstimate, ConstraintEstimator, violations_from
 from .history import StepRecord, TrainingHistory
-from .multipliers import DualDomainProjection, ProjectedMultiplier, project_capped_box
+from ..problems.dual_domain import DualDomainProjection, project_capped_box
+from .projected_multiplier import ProjectedMultiplier
 from .optim import build_constrained_optimizer
 from .options import (
     DUAL_OPTIMIZERS,
@@ -35,7 +36,7 @@ from .primal import (
     TargetCache,
 )
 from .reference import TrainableGaussianMixture
-from .schedule import DUAL_UPDATES, DualUpdateRule, EveryEstimate, SettledPrimal
+from .dual_update import DUAL_UPDATES, DualUpdateRule, EveryEstimate, SettledPrimal
 from .trainer import Callback, PrimalDualTrainer
 
 __all__ = [

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .estimation import ConstraintEstimate
+from .constraints import ConstraintEstimate
 from .history import TrainingHistory
 from .options import EngineConfigurationError
 

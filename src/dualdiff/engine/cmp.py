@@ -20,7 +20,7 @@ Design (see :ref:`the primal–dual algorithm <primal-dual>`):
   so the multipliers stay fixed while the primal takes several steps. A
   :class:`~dualdiff.engine.DualUpdateRule` (``dual_rule``) decides whether an estimate drives
   a dual step (``"every"``; ``"settled"``: only once the model has settled at the current
-  multipliers, :mod:`dualdiff.engine.schedule`); an estimate it declines is recorded but
+  multipliers, :mod:`dualdiff.engine.dual_update`); an estimate it declines is recorded but
   also has ``contributes_to_dual_update=False``.
 * The *primal* gradient: for the reweighted and composed forms the multiplier enters the loss
   through the training target (weights / composed score), so the constraint state has
@@ -55,11 +55,12 @@ from cooper.utils import ConstraintType
 
 from .._errors import NonFiniteError
 from .._validation import check_positive
-from .estimation import ConstraintEstimate, as_estimate
-from .multipliers import DualDomainProjection, ProjectedMultiplier
+from .constraints import ConstraintEstimate, as_estimate
+from ..problems.dual_domain import DualDomainProjection
+from .projected_multiplier import ProjectedMultiplier
 from .options import FORMULATIONS, resolve
 from .primal import PrimalBatch, PrimalForm
-from .schedule import DualUpdateRule, EveryEstimate
+from .dual_update import DualUpdateRule, EveryEstimate
 
 __all__ = ["NonFiniteStep", "UnlearningCMP", "UnlearningCMPState"]
 

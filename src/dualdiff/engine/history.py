@@ -38,7 +38,7 @@ class StepRecord:
     dual_step
         Whether the step's estimate drove a dual step (``None``: no estimate this step).
     dual_reason
-        The dual-update rule's reason (:mod:`dualdiff.engine.schedule`: ``"every"``,
+        The dual-update rule's reason (:mod:`dualdiff.engine.dual_update`: ``"every"``,
         ``"first"``, ``"settled"``, ``"noise"``, ``"max_wait"``; ``"moving"`` when it declined).
     stats
         Other diagnostics of the primal form.

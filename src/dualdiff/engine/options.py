@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
-from .._errors import DualdiffError
+from .._errors import DualdiffError, LowEffectiveSampleSizeWarning
 from .._validation import check_choice
 
 __all__ = [
@@ -60,10 +60,6 @@ class EngineConfigurationError(DualdiffError, ValueError):
 
     E.g. a primal form for the wrong problem kind, or nuPI with the extragradient optimiser.
     """
-
-
-class LowEffectiveSampleSizeWarning(UserWarning):
-    """The population effective sample size of the reweighting is below the threshold."""
 
 
 def resolve(value: Any, name: str, owner: str, allowed: Sequence[str]) -> str:

@@ -50,7 +50,7 @@ __all__ = [
 
 _DTYPE = torch.float64
 DataSampler = Callable[[int, "torch.Generator | None"], torch.Tensor]
-"""``sampler(n, generator) -> (n, d)`` tensor of data points."""
+"""``sampler(n, generator) -> (n, *event)`` tensor of data points."""
 
 
 @dataclass
@@ -60,17 +60,17 @@ class PrimalBatch:
     Attributes
     ----------
     x0
-        Clean samples of the pretrained model, ``(n, d)`` (float64, as drawn).
+        Clean samples of the pretrained model, ``(n, *event)`` (float64, as drawn).
     t
         Diffusion times for ``x0``, ``(n,)``.
     noise
-        Noise :math:`\varepsilon` for ``x0``, ``(n, d)``.
+        Noise :math:`\varepsilon` for ``x0``, ``(n, *event)``.
     unlearn
         FU signed loss: one ``(x, t, noise)`` triple per unlearning distribution.
     prior
-        Sampler form: the draw at ``t_max``, ``(n, d)``.
+        Sampler form: the draw at ``t_max``, ``(n, *event)``.
     increments
-        Sampler form: standard normal Brownian increments, ``(K, n, d)``.
+        Sampler form: standard normal Brownian increments, ``(K, n, *event)``.
     """
 
     x0: torch.Tensor | None = None
@@ -133,7 +133,9 @@ class PrimalLoss:
 class TargetCache:
     r"""Closed-form targets :math:`p_\lambda`, rebuilt only when :math:`\lambda` changes.
 
-    Multipliers move on dual steps only, so most primal steps reuse the cached target.
+    Multipliers move on dual steps only, so most primal steps reuse the cached target. (The
+    primal forms ask the problem for weights and composed scores instead; closed-form
+    problems cache their targets themselves. Kept for users of closed-form problems.)
     """
 
     def __init__(self, problem: Any) -> None:
@@ -172,6 +174,20 @@ def _model_dtype_device(model: Any) -> tuple[torch.dtype, torch.device]:
     return _DTYPE, torch.device("cpu")
 
 
+def _per_sample(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Reshape ``(n,)`` to ``(n, 1, ..., 1)`` broadcasting against ``(n, *event)``."""
+    return v.reshape(v.shape[0], *([1] * (ndim - 1)))
+
+
+def _check_draw(x: Any, n: int, event: tuple[int, ...], what: str, owner: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or tuple(x.shape) != (n, *event):
+        raise ValueError(
+            f"{owner}: {what} must return a tensor of shape {(n, *event)}, got "
+            f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
+        )
+    return x.detach().to(device="cpu", dtype=_DTYPE)
+
+
 class PrimalForm(ABC):
     """Base class of the primal step forms.
 
@@ -180,17 +196,15 @@ class PrimalForm(ABC):
     problem
         The :class:`~dualdiff.UnlearningProblem`.
     targets
-        Shared :class:`TargetCache` of the problem.
+        Unused (kept for compatibility; the problem provides weights and composed scores).
     pretrained_data
-        ``sampler(n, generator) -> (n, d)`` drawing clean samples of :math:`p_0`.
+        ``sampler(n, generator) -> (n, *event)`` drawing clean samples of :math:`p_0`.
     unlearn_data
         One sampler per unlearning distribution (FU signed loss).
     """
 
     #: Name used by :class:`~dualdiff.engine.PrimalDualTrainer`.
     name: ClassVar[str] = ""
-    #: Problem kinds the form supports.
-    kinds: ClassVar[tuple[str, ...]] = ("RU", "FU", "LU")
     #: True when :meth:`primal_loss` returns a violation differentiable in theta.
     differentiable_constraints: ClassVar[bool] = False
     #: True when the loss trains on samples of p0 reweighted by w_lam (population ESS matters).
@@ -199,20 +213,26 @@ class PrimalForm(ABC):
     def __init__(
         self,
         problem: Any,
-        targets: TargetCache,
+        targets: TargetCache | None,
         pretrained_data: DataSampler,
-        unlearn_data: Sequence[DataSampler],
+        unlearn_data: Sequence[DataSampler | None],
     ) -> None:
-        if problem.kind not in self.kinds:
+        why = self.unsupported(problem)
+        if why:
             raise EngineConfigurationError(
-                f"{type(self).__name__}: primal={self.name!r} does not support problem kind "
-                f"{problem.kind!r}; it supports {', '.join(self.kinds)}"
+                f"{type(self).__name__}: primal={self.name!r} does not apply to "
+                f"{type(problem).__name__}: {why}"
             )
         self.problem = problem
         self.targets = targets
         self.pretrained_data = pretrained_data
         self.unlearn_data = list(unlearn_data)
         self._schedule: tuple[int, NoiseSchedule] | None = None
+
+    @classmethod
+    def unsupported(cls, problem: Any) -> str:
+        """Why the form cannot train ``problem`` (empty when it can)."""
+        return ""
 
     def schedule(self, model: Any) -> NoiseSchedule:
         """The model's noise schedule (resolved once per model)."""
@@ -221,16 +241,14 @@ class PrimalForm(ABC):
         return self._schedule[1]
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(kind={self.problem.kind})"
+        return f"{type(self).__name__}(problem={type(self.problem).__name__})"
 
     def _draw_x0(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         x0 = self.pretrained_data(n, generator)
-        if not isinstance(x0, torch.Tensor) or x0.shape != (n, self.problem.dim):
-            raise ValueError(
-                f"{type(self).__name__}: the pretrained data sampler must return a tensor of "
-                f"shape ({n}, {self.problem.dim}), got {getattr(x0, 'shape', type(x0).__name__)}"
-            )
-        return x0.detach().to(device="cpu", dtype=_DTYPE)
+        return _check_draw(
+            x0, n, tuple(self.problem.event_shape), "the pretrained data sampler",
+            type(self).__name__,
+        )
 
     def _dsm_batch(
         self, model: Any, n: int, generator: torch.Generator | None
@@ -281,9 +299,10 @@ class ReweightedDSM(PrimalForm):
         self, model: Any, batch: PrimalBatch, multipliers: torch.Tensor
     ) -> PrimalLoss:
         assert batch.x0 is not None and batch.t is not None and batch.noise is not None
-        target = self.targets(multipliers)
+        lam = multipliers.detach().to(device="cpu", dtype=_DTYPE)
         with torch.no_grad():
-            log_w = target.log_weight(batch.x0.to(device="cpu", dtype=_DTYPE))
+            log_w = self.problem.log_weight(lam, batch.x0.to(device="cpu", dtype=_DTYPE))
+            log_w = log_w.to(_DTYPE).reshape(-1)
             p = torch.softmax(log_w, 0)
             n = log_w.shape[0]
             ess = float(1.0 / (n * (p**2).sum()))
@@ -330,17 +349,19 @@ class ComposedScoreMatching(PrimalForm):
         self, model: Any, n: int, generator: torch.Generator | None
     ) -> PrimalBatch:
         batch = self._dsm_batch(model, n, generator)
-        if self.problem.kind == "FU":
+        if self.problem.signed_loss:
             sched = self.schedule(model)
+            event = tuple(self.problem.event_shape)
             for i, sampler in enumerate(self.unlearn_data):
-                xq = sampler(n, generator)
-                if not isinstance(xq, torch.Tensor) or xq.shape != (n, self.problem.dim):
-                    raise ValueError(
-                        f"ComposedScoreMatching: unlearn data sampler {i} must return a tensor "
-                        f"of shape ({n}, {self.problem.dim}), got "
-                        f"{getattr(xq, 'shape', type(xq).__name__)}"
+                if sampler is None:
+                    raise EngineConfigurationError(
+                        f"ComposedScoreMatching: the signed loss needs samples of unlearn[{i}]; "
+                        "pass unlearn_data=[sampler, ...] to the trainer"
                     )
-                xq = xq.detach().to(device="cpu", dtype=_DTYPE)
+                xq = _check_draw(
+                    sampler(n, generator), n, event, f"unlearn data sampler {i}",
+                    "ComposedScoreMatching",
+                )
                 tq = _uniform_times(n, sched, generator)
                 nq = torch.randn(xq.shape, dtype=_DTYPE, generator=generator)
                 batch.unlearn.append((xq, tq, nq))
@@ -351,32 +372,34 @@ class ComposedScoreMatching(PrimalForm):
     ) -> PrimalLoss:
         assert batch.x0 is not None and batch.t is not None and batch.noise is not None
         dtype, device = _model_dtype_device(model)
-        if self.problem.kind == "FU":
-            lam = multipliers.detach().to(dtype=_DTYPE, device="cpu")
+        lam = multipliers.detach().to(dtype=_DTYPE, device="cpu")
+        if self.problem.signed_loss:
+            retain, forget = self.problem.signed_loss_coefficients(lam)
             loss = denoising_score_matching_loss(
                 model,
                 batch.x0.to(dtype=dtype, device=device),
                 t=batch.t.to(dtype=dtype, device=device),
                 noise=batch.noise.to(dtype=dtype, device=device),
             )
-            for lam_i, (xq, tq, nq) in zip(lam.tolist(), batch.unlearn, strict=True):
-                if lam_i != 0.0:
+            loss = retain * loss
+            for c_i, (xq, tq, nq) in zip(forget, batch.unlearn, strict=True):
+                if c_i != 0.0:
                     lq = denoising_score_matching_loss(
                         model,
                         xq.to(dtype=dtype, device=device),
                         t=tq.to(dtype=dtype, device=device),
                         noise=nq.to(dtype=dtype, device=device),
                     )
-                    loss = loss - lam_i * lq
-            return PrimalLoss(loss=loss / (1.0 - float(lam.sum())))
-        target = self.targets(multipliers)
+                    loss = loss - c_i * lq
+            return PrimalLoss(loss=loss)
+        target = self.problem.composed_score(lam)
         sched = self.schedule(model)
         x0, t, eps = (v.to(device="cpu", dtype=_DTYPE) for v in (batch.x0, batch.t, batch.noise))
-        a = torch.as_tensor(sched.alpha(t)).to(_DTYPE)[:, None]
-        s = torch.as_tensor(sched.sigma(t)).to(_DTYPE)[:, None]
+        a = _per_sample(torch.as_tensor(sched.alpha(t)).to(_DTYPE), x0.ndim)
+        s = _per_sample(torch.as_tensor(sched.sigma(t)).to(_DTYPE), x0.ndim)
         x_t = a * x0 + s * eps
         with torch.no_grad():
-            eps_star = -s * target.score(x_t, t)
+            eps_star = -s * target.score(x_t, t).to(_DTYPE)
         eps_hat = predict_eps(
             model,
             x_t.to(dtype=dtype, device=device),
@@ -430,7 +453,9 @@ class SamplerLagrangian(PrimalForm):
       same path estimator against the score of :math:`q_i` (a path-measure surrogate of
       :math:`\mathrm{KL}(p_\theta\|q_i)`).
 
-    FU (expectations under :math:`q_i`, not under the model) has no sampler form.
+    FU (expectations under :math:`q_i`, not under the model) has no sampler form. The
+    problem supplies the constraint terms
+    (:meth:`~dualdiff.problems.UnlearningProblem.sampler_constraint_terms`) and the sign.
 
     Parameters
     ----------
@@ -438,23 +463,32 @@ class SamplerLagrangian(PrimalForm):
         Euler–Maruyama steps ``K`` (memory grows linearly: the trajectory is kept for
         backpropagation).
     reference
-        Frozen score model of the objective (default: the problem's pretrained mixture, exact
-        scores); e.g. a frozen copy of the pretrained network.
+        Frozen score model of the objective (default: the problem's
+        :meth:`~dualdiff.problems.UnlearningProblem.reference_model`: the pretrained mixture,
+        or the frozen pretrained network).
     constraint_gradient
         ``"reparameterized"`` (default) or ``"policy_gradient"`` (LU only): how the gradient
         of the LU constraint term is estimated (above).
     """
 
     name = "sampler"
-    kinds = ("RU", "LU")
     differentiable_constraints = True
+
+    @classmethod
+    def unsupported(cls, problem: Any) -> str:  # noqa: D102
+        if not problem.sampler_form:
+            return (
+                "its constraints are expectations under the unlearning distributions, not under "
+                "the model's samples (forward KL); use 'reweighted_dsm' or 'composed'"
+            )
+        return ""
 
     def __init__(
         self,
         problem: Any,
-        targets: TargetCache,
+        targets: TargetCache | None,
         pretrained_data: DataSampler,
-        unlearn_data: Sequence[DataSampler],
+        unlearn_data: Sequence[DataSampler | None],
         *,
         steps: int = 50,
         reference: Any = None,
@@ -471,23 +505,23 @@ class SamplerLagrangian(PrimalForm):
             "SamplerLagrangian",
             ("reparameterized", "policy_gradient"),
         )
-        if self.constraint_gradient == "policy_gradient" and problem.kind != "LU":
+        if self.constraint_gradient == "policy_gradient" and not problem.sample_functional:
             raise EngineConfigurationError(
                 "SamplerLagrangian: constraint_gradient='policy_gradient' needs a likelihood "
-                f"constraint (LU); the {problem.kind} constraint's path KL depends on theta "
-                "directly, use 'reparameterized'"
+                f"constraint (LU); the constraint of {type(problem).__name__} is a path KL that "
+                "depends on theta directly, use 'reparameterized'"
             )
         self.steps = steps
-        self.reference = reference if reference is not None else problem.pretrained
+        self.reference = reference if reference is not None else problem.reference_model()
 
     def sample_batch(  # noqa: D102
         self, model: Any, n: int, generator: torch.Generator | None
     ) -> PrimalBatch:
         sched = self.schedule(model)
-        d = self.problem.dim
+        event = tuple(self.problem.event_shape)
         sigma_max = float(sched.sigma(torch.tensor(float(sched.t_max), dtype=_DTYPE)))
-        prior = sigma_max * torch.randn(n, d, dtype=_DTYPE, generator=generator)
-        inc = torch.randn(self.steps, n, d, dtype=_DTYPE, generator=generator)
+        prior = sigma_max * torch.randn(n, *event, dtype=_DTYPE, generator=generator)
+        inc = torch.randn(self.steps, n, *event, dtype=_DTYPE, generator=generator)
         return PrimalBatch(prior=prior, increments=inc)
 
     def primal_loss(  # noqa: D102
@@ -500,7 +534,7 @@ class SamplerLagrangian(PrimalForm):
         grid = _em_grid(sched, self.steps)
         x = batch.prior.to(dtype=dtype, device=device)
         n = x.shape[0]
-        others = prob.unlearn if prob.kind == "RU" else []
+        others = prob.sampler_constraint_models()
         kl = torch.zeros(n, dtype=dtype, device=device)
         kl_q = [torch.zeros(n, dtype=dtype, device=device) for _ in others]
         policy = self.constraint_gradient == "policy_gradient"
@@ -509,25 +543,23 @@ class SamplerLagrangian(PrimalForm):
             eps_theta = _model_eps(model, x, st)
             scale = st.h * st.g2 / (2.0 * st.sigma**2)
             eps_ref = -st.sigma * self.reference.score(x, st.t).to(dtype)
-            kl = kl + scale * (eps_theta - eps_ref).pow(2).sum(-1)
+            kl = kl + scale * (eps_theta - eps_ref).pow(2).flatten(1).sum(1)
             for i, q in enumerate(others):
                 eps_q = -st.sigma * q.score(x, st.t).to(dtype)
-                kl_q[i] = kl_q[i] + scale * (eps_theta - eps_q).pow(2).sum(-1)
+                kl_q[i] = kl_q[i] + scale * (eps_theta - eps_q).pow(2).flatten(1).sum(1)
             z = batch.increments[k].to(dtype=dtype, device=device)
             x = _em_mean(x, eps_theta, st) + math.sqrt(st.g2 * st.h) * z
             if policy:
                 states.append(x.detach())
-        if prob.kind == "LU":
-            x64 = x.to(_DTYPE).cpu() if device.type != "cpu" else x.to(_DTYPE)
-            if policy:
-                x64 = x64.detach()
-            values = [pot.value(x64).to(_DTYPE) for pot in prob.potentials]
-            violation = torch.stack([v.mean() for v in values]) - prob.bounds
-            if policy:
-                logp = _path_log_prob(model, states, grid).to(_DTYPE).cpu()
-                violation = violation + _score_function_term(values, logp)
-        else:
-            violation = prob.bounds - torch.stack([v.mean().to(_DTYPE).cpu() for v in kl_q])
+        x64 = x.to(_DTYPE).cpu() if device.type != "cpu" else x.to(_DTYPE)
+        if policy:
+            x64 = x64.detach()
+        kls64 = [v.to(_DTYPE).cpu() for v in kl_q]
+        terms = prob.sampler_constraint_terms(x64, kls64).to(_DTYPE)  # (m, n)
+        violation = prob.violations(terms.mean(1))
+        if policy:
+            logp = _path_log_prob(model, states, grid).to(_DTYPE).cpu()
+            violation = violation + _score_function_term(list(terms), logp)
         return PrimalLoss(
             loss=kl.mean(),
             violation=violation,
@@ -569,7 +601,7 @@ def _model_eps(model: Any, x: torch.Tensor, st: _EMStep) -> torch.Tensor:
     """The model's noise prediction at ``(x, st.t)``."""
     n = x.shape[0]
     tt = torch.full((n,), st.t, dtype=x.dtype, device=x.device)
-    sig_t = torch.full((n, 1), st.sigma, dtype=x.dtype, device=x.device)
+    sig_t = torch.full((n,) + (1,) * (x.ndim - 1), st.sigma, dtype=x.dtype, device=x.device)
     return predict_eps(model, x, tt, sig_t)
 
 
@@ -588,7 +620,7 @@ def _path_log_prob(model: Any, states: list[torch.Tensor], grid: list[_EMStep]) 
     total = torch.zeros(states[0].shape[0], dtype=states[0].dtype, device=states[0].device)
     for k, st in enumerate(grid):
         mean = _em_mean(states[k], _model_eps(model, states[k], st), st)
-        total = total - (states[k + 1] - mean).pow(2).sum(-1) / (2.0 * st.g2 * st.h)
+        total = total - (states[k + 1] - mean).pow(2).flatten(1).sum(1) / (2.0 * st.g2 * st.h)
     return total
 
 
@@ -619,9 +651,9 @@ _FORMS: dict[str, type[PrimalForm]] = {
 def make_primal_form(
     name: str,
     problem: Any,
-    targets: TargetCache,
+    targets: TargetCache | None,
     pretrained_data: DataSampler,
-    unlearn_data: Sequence[DataSampler],
+    unlearn_data: Sequence[DataSampler | None],
     **options: Any,
 ) -> PrimalForm:
     """Instantiate the primal form called ``name`` (see :data:`~dualdiff.engine.PRIMALS`)."""

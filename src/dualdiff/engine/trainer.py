@@ -6,9 +6,9 @@ r"""The primal-dual trainer: :ref:`the primal–dual algorithm <primal-dual>` on
 
 (for LU the violation is :math:`\hat C - \tau`), with :math:`\mathcal J` one of the primal
 forms of :mod:`dualdiff.engine.primal`, :math:`\hat C` a model-based estimate
-(:mod:`dualdiff.engine.estimation`) refreshed every ``estimate_every`` steps, and
+(:mod:`dualdiff.engine.constraints`) refreshed every ``estimate_every`` steps, and
 :math:`\Pi_{\mathcal D}` the projection into the dual domain
-(:mod:`dualdiff.engine.multipliers`). Each step is one ``roll`` of a Cooper constrained
+(:meth:`dualdiff.problems.DualDomain.project`). Each step is one ``roll`` of a Cooper constrained
 optimiser on the :class:`~dualdiff.engine.UnlearningCMP`.
 """
 
@@ -27,10 +27,12 @@ from torch import nn
 
 from .._errors import NonFiniteError
 from .._validation import check_positive
+from ..duality import DualSolution
+from ..problems.contract import UnlearningProblem
+from ..problems.dual_domain import DualDomainProjection
 from .cmp import NonFiniteStep, UnlearningCMP
-from .estimation import ConstraintEstimate, ConstraintEstimator
+from .constraints import ConstraintEstimate, ConstraintEstimator
 from .history import StepRecord, TrainingHistory
-from .multipliers import DualDomainProjection
 from .optim import GuardedExtrapolationOptimizer, build_constrained_optimizer
 from .options import (
     FORMULATIONS,
@@ -39,7 +41,7 @@ from .options import (
     resolve,
 )
 from .primal import DataSampler, PrimalForm, TargetCache, make_primal_form
-from .schedule import DualUpdateRule, RuleSnapshot, make_dual_update_rule
+from .dual_update import DualUpdateRule, RuleSnapshot, make_dual_update_rule
 
 __all__ = ["Callback", "PrimalDualTrainer"]
 
@@ -74,22 +76,32 @@ def _user_stacklevel() -> int:
     return level
 
 
-def _sampler_of(dist: Any) -> DataSampler:
-    """``sampler(n, generator)`` drawing from ``dist.sample``."""
-
-    def sampler(n: int, generator: torch.Generator | None) -> torch.Tensor:
-        return dist.sample(n, generator=generator)
-
-    return sampler
-
-
 def check_problem(problem: Any, owner: str) -> None:
-    """Raise ``TypeError`` unless ``problem`` is an RU, FU or LU unlearning problem."""
-    if getattr(problem, "kind", None) not in ("RU", "FU", "LU"):
+    """Raise ``TypeError`` unless ``problem`` implements :class:`~dualdiff.UnlearningProblem`."""
+    if not isinstance(problem, UnlearningProblem):
         raise TypeError(
             f"{owner}: parameter 'problem' must be a KLConstrainedProblem or "
             f"LikelihoodConstrainedProblem, got {type(problem).__name__}"
         )
+
+
+def initial_multipliers(problem: Any, init: Any, projection: DualDomainProjection) -> Any:
+    """Resolve ``init_multipliers``: ``None``, values ``(m,)``, ``"estimate"`` or a solution.
+
+    ``"estimate"`` solves the dual (closed form) or estimates it (``problem.estimate_dual()``,
+    Monte Carlo over pretrained samples); a :class:`~dualdiff.duality.DualSolution` gives its
+    multipliers. Both are projected into the margin-shrunk domain the engine works in.
+    """
+    if isinstance(init, str):
+        if init != "estimate":
+            raise ValueError(
+                "PrimalDualTrainer: parameter 'init_multipliers' must be None, values (m,), "
+                f"'estimate' or a DualSolution, got {init!r}"
+            )
+        init = problem.solve_dual() if problem.has_closed_form else problem.estimate_dual()
+    if isinstance(init, DualSolution):
+        return projection(init.multipliers.detach().to(torch.float64))
+    return init
 
 
 def _int(value: Any, name: str, low: int) -> int:
@@ -132,14 +144,15 @@ class PrimalDualTrainer:
     batch_size
         Samples per primal step.
     pretrained_data
-        ``sampler(n, generator) -> (n, d)`` of clean pretrained samples (default
-        ``problem.pretrained.sample``; e.g. a dataset or the frozen model's samples).
+        ``sampler(n, generator) -> (n, *event)`` of clean pretrained samples (default
+        ``problem.pretrained_sampler()``: the mixture's sampler, the user's data given to a
+        model-level problem, or a pool drawn once from the frozen model's sampler).
     unlearn_data
         Samplers of the unlearning distributions (FU signed loss; default
-        ``problem.unlearn[i].sample``).
+        ``problem.unlearn_samplers()``: the mixtures, or the forget sets).
     estimator
-        ``"auto"``, ``"exact"``, ``"ode"`` (see :class:`~dualdiff.engine.ConstraintEstimator`)
-        or a callable ``fn(model, generator)`` returning a
+        ``"auto"``, ``"exact"``, ``"ode"``, ``"elbo"`` (see
+        :class:`~dualdiff.engine.ConstraintEstimator`) or a callable ``fn(model, generator)`` returning a
         :class:`~dualdiff.engine.ConstraintEstimate` or constraint values ``(m,)``.
     estimate_every
         Estimate the constraints every this many steps; with ``dual_update="every"`` each
@@ -166,7 +179,10 @@ class PrimalDualTrainer:
     domain_margin
         Relative margin kept from the open boundary of the dual domain.
     init_multipliers
-        Initial multipliers ``(m,)`` (default zeros).
+        Initial multipliers ``(m,)`` (default zeros), ``"estimate"`` (warm start from
+        ``problem.solve_dual()`` or, for problems stated with models,
+        ``problem.estimate_dual()``) or a :class:`~dualdiff.duality.DualSolution` (e.g. the
+        result of ``estimate_dual``); the latter two are projected into the domain.
     primal_options
         Extra options of the primal form (sampler: ``steps``, ``reference``).
     primal_optimizer_options
@@ -294,21 +310,25 @@ class PrimalDualTrainer:
                 raise TypeError(f"{owner}: every callback must be callable, got {cb!r}")
 
         if pretrained_data is None:
-            pretrained_data = _sampler_of(problem.pretrained)
+            pretrained_data = problem.pretrained_sampler()
+        unlearn: Sequence[DataSampler | None]
         if unlearn_data is None:
-            unlearn_data = [_sampler_of(q) for q in problem.unlearn]
-        if len(unlearn_data) != problem.m:
+            unlearn = problem.unlearn_samplers() or [None] * problem.m
+        else:
+            unlearn = unlearn_data
+        if len(unlearn) != problem.m:
             raise ValueError(
                 f"{owner}: parameter 'unlearn_data' must have one sampler per constraint "
-                f"(m={problem.m}), got {len(unlearn_data)}"
+                f"(m={problem.m}), got {len(unlearn)}"
             )
+        unlearn_data = unlearn  # type: ignore[assignment]
         self.targets = TargetCache(problem)
         self.form: PrimalForm = make_primal_form(
             self.primal_name,
             problem,
             self.targets,
             pretrained_data,
-            unlearn_data,
+            unlearn,
             **(primal_options or {}),
         )
         if isinstance(estimator, str):
@@ -326,6 +346,7 @@ class PrimalDualTrainer:
                 f"fn(model, generator), got {estimator!r}"
             )
         self.projection = DualDomainProjection(problem, margin=domain_margin, lam_max=lam_max)
+        init_multipliers = initial_multipliers(problem, init_multipliers, self.projection)
         self.penalty = (
             self.dual_lr if penalty is None else check_positive(penalty, "penalty", owner)
         )
@@ -500,15 +521,23 @@ class PrimalDualTrainer:
         return record
 
     def _check_population_ess(self, step: int) -> None:
-        """Record (and warn about) the population ESS of each new reweighting target."""
-        if not self.form.uses_weights or self.targets.current is None:
+        """Record (and warn about) the population ESS of each new reweighting.
+
+        ``problem.population_ess(lam)``: on the integration rule for closed-form problems,
+        from the estimated log-ratios on pretrained samples at model level (skipped when the
+        problem cannot tell).
+        """
+        lam = self.cmp.step_primal_multipliers
+        if not self.form.uses_weights or lam is None:
             return
-        target = self.targets.current
-        key = tuple(target.multipliers.tolist())
+        key = tuple(lam.tolist())
         if key == self._ess_key:
             return
         self._ess_key = key
-        value = float(target.population_ess(self.problem.rule))
+        ess = self.problem.population_ess(lam.detach().to(device="cpu", dtype=torch.float64))
+        if ess is None:
+            return
+        value = float(ess)
         self.history.population_ess.append({"step": step, "multipliers": list(key), "value": value})
         if value < self.ess_warning:
             if not self._ess_low:

@@ -1,13 +1,43 @@
-"""The three unlearning problems: RU and FU (:class:`KLConstrainedProblem`) and LU."""
+"""The three unlearning problems on one contract (:class:`UnlearningProblem`).
 
-from .base import UnlearningProblem
+Closed-form problems stated with Gaussian mixtures (:class:`ReverseKLProblem`,
+:class:`ForwardKLProblem`, :class:`LikelihoodConstrainedProblem`) and problems stated with
+models (:mod:`dualdiff.problems.model_level`); :class:`KLConstrainedProblem` and
+:class:`LikelihoodConstrainedProblem` dispatch on what they are given.
+"""
+
+from .base import AnalyticProblem
+from .contract import ConstraintEstimate, DensityEstimator, UnlearningProblem
+from .dual_domain import DualDomain, DualDomainProjection, project_capped_box
+from .estimated_dual import EstimatedDualSolution, MonteCarloDual, TradeoffPoint
 from .kl import ForwardKLProblem, KLConstrainedProblem, ReverseKLProblem
 from .likelihood import LikelihoodConstrainedProblem
+from .model_level import (
+    ComposedScore,
+    ModelForwardKLProblem,
+    ModelLikelihoodProblem,
+    ModelReverseKLProblem,
+    classifier_log_ratio,
+)
 
 __all__ = [
+    "AnalyticProblem",
+    "ComposedScore",
+    "ConstraintEstimate",
+    "DensityEstimator",
+    "DualDomain",
+    "DualDomainProjection",
+    "EstimatedDualSolution",
     "ForwardKLProblem",
     "KLConstrainedProblem",
     "LikelihoodConstrainedProblem",
+    "ModelForwardKLProblem",
+    "ModelLikelihoodProblem",
+    "ModelReverseKLProblem",
+    "MonteCarloDual",
     "ReverseKLProblem",
+    "TradeoffPoint",
     "UnlearningProblem",
+    "classifier_log_ratio",
+    "project_capped_box",
 ]

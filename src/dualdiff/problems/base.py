@@ -1,4 +1,9 @@
-"""Shared machinery of the three unlearning problems (validation, tables, certificates)."""
+"""Shared machinery of the closed-form problems stated with Gaussian mixtures.
+
+Validation, log-density tables on an integration rule, certificates, and the
+:class:`~dualdiff.problems.UnlearningProblem` hooks the engine uses (implemented from the
+exact densities).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,10 @@ from ..duality import Certificate, DualEval, DualSolution, maximize_dual
 from ..integration import GridQuadrature, IntegrationRule, MonteCarlo, resolve_integration
 from ..models.gaussian_mixture import GaussianMixture
 from ..targets import Target
+from .contract import ConstraintEstimate, DataSampler, UnlearningProblem
+from .dual_domain import DualDomain
 
-__all__ = ["UnlearningProblem"]
+__all__ = ["AnalyticProblem", "UnlearningProblem"]
 
 _DTYPE = torch.float64
 
@@ -30,16 +37,13 @@ def _as_mixture(obj: Any, name: str, owner: str) -> GaussianMixture:
     return obj.to(_DTYPE)
 
 
-class UnlearningProblem:
-    """Base class of :class:`KLConstrainedProblem` and :class:`LikelihoodConstrainedProblem`.
+class AnalyticProblem(UnlearningProblem):
+    """Base class of the closed-form problems (RU, FU, LU stated with Gaussian mixtures).
 
     Subclasses provide the dual oracle on the integration rule, the closed-form target, the
     objective and constraint functionals, and the dual domain. Everything is computed in
     float64 from tables of log-densities evaluated once on the rule's points.
     """
-
-    #: Short name of the problem, "RU", "FU" or "LU".
-    kind: str = ""
 
     def __init__(
         self,
@@ -88,6 +92,96 @@ class UnlearningProblem:
     def dim(self) -> int:
         """Event dimension ``d``."""
         return self.pretrained.dim
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        """``(d,)``."""
+        return (self.pretrained.dim,)
+
+    @property
+    def has_closed_form(self) -> bool:
+        """``True``: the dual, the target and certificates are computed in closed form."""
+        return True
+
+    def violations(self, constraints: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        c = constraints.to(_DTYPE)
+        return -self._slack(c.to(self.bounds.device)).to(c.device)
+
+    def _projection_upper(self) -> tuple[torch.Tensor, float, bool]:
+        """``(upper (m,), cap, upper_closed)`` of :attr:`domain` (box part of the domain)."""
+        return torch.full((self.m,), math.inf, dtype=_DTYPE), math.inf, False
+
+    @property
+    def domain(self) -> DualDomain:  # noqa: D102
+        upper, cap, closed = self._projection_upper()
+        return DualDomain(
+            upper=upper,
+            cap=cap,
+            description=self.domain_description,
+            membership=lambda t: self._in_domain(t)[0],
+            upper_closed=closed,
+        )
+
+    # ----------------------------------------------------------------- engine hooks
+    def pretrained_sampler(self) -> DataSampler:  # noqa: D102
+        p0 = self.pretrained
+
+        def sampler(n: int, generator: torch.Generator | None) -> torch.Tensor:
+            return p0.sample(n, generator=generator)
+
+        return sampler
+
+    def unlearn_samplers(self) -> list[DataSampler] | None:  # noqa: D102
+        out: list[DataSampler] = []
+        for q in self.unlearn:
+
+            def sampler(
+                n: int, generator: torch.Generator | None, q: GaussianMixture = q
+            ) -> torch.Tensor:
+                return q.sample(n, generator=generator)
+
+            out.append(sampler)
+        return out
+
+    def reference_model(self) -> Any:  # noqa: D102
+        return self.pretrained
+
+    def _cached_target(self, lam: torch.Tensor) -> Target:
+        """:meth:`target` at ``lam``, rebuilt only when ``lam`` changes."""
+        lam64 = lam.detach().to(device="cpu", dtype=_DTYPE).reshape(-1)
+        key = tuple(lam64.tolist())
+        cache = self.__dict__.get("_target_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, self.target(lam64))
+            self.__dict__["_target_cache"] = cache
+        return cache[1]  # type: ignore[no-any-return]
+
+    def log_weight(self, lam: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        target = self._cached_target(lam)
+        return target.log_weight(x0.to(device="cpu", dtype=_DTYPE))
+
+    def composed_score(self, lam: torch.Tensor) -> Any:  # noqa: D102
+        return self._cached_target(lam)
+
+    def population_ess(self, lam: torch.Tensor) -> float | None:  # noqa: D102
+        return float(self._cached_target(lam).population_ess(self.rule))
+
+    def exact_constraints(self, model: Any) -> ConstraintEstimate:
+        """Objective and constraints of ``model`` (normalised ``log_prob``) on the rule."""
+        from .contract import model_device, model_dtype
+
+        x = self.rule.points
+        with torch.no_grad():
+            lp = model.log_prob(x.to(dtype=model_dtype(model), device=model_device(model))).to(
+                device=x.device, dtype=_DTYPE
+            )
+        if lp.shape != (x.shape[0],) or bool(torch.isnan(lp).any()):
+            raise NonFiniteError(
+                f"{self._owner}.exact_constraints: model.log_prob returned NaN or a wrong shape "
+                "on the integration points"
+            )
+        f, fe, c, ce = self._objective_and_constraints(lp)
+        return self.make_estimate(c, ce, (float(f), float(fe)), "exact", 0)
 
     def _validate_bounds(self) -> None:
         """Hook for subclasses (e.g. KL levels must be non-negative)."""
@@ -206,7 +300,7 @@ class UnlearningProblem:
         ev = self._oracle(lam)
         return max(ev.value_err, float(ev.grad_err.max())) <= rtol * (1 + abs(ev.value))
 
-    def _accurate_at(self, lam: torch.Tensor, rtol: float = 1e-9) -> UnlearningProblem:
+    def _accurate_at(self, lam: torch.Tensor, rtol: float = 1e-9) -> AnalyticProblem:
         """Return ``self``, or a copy on a refined automatic grid accurate at ``lam``."""
         prob = self
         for _ in range(3):
@@ -360,6 +454,7 @@ class UnlearningProblem:
         self.integration = integration
         self._rule = None
         self._tables = None
+        self.__dict__.pop("_target_cache", None)
         for name in self._RULE_CACHES:
             self.__dict__.pop(name, None)
 

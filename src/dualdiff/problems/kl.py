@@ -40,7 +40,9 @@ from ..integration import GridQuadrature, MonteCarlo
 from ..models.gaussian_mixture import GaussianMixture
 from ..potentials import LogLikelihood
 from ..targets import GeometricTarget, SignedMixtureTarget
-from .base import UnlearningProblem
+from ._estimates import estimate_forward, estimate_on_model_samples
+from .base import AnalyticProblem
+from .contract import ConstraintEstimate, DensityEstimator
 
 __all__ = ["ForwardKLProblem", "KLConstrainedProblem", "ReverseKLProblem"]
 
@@ -60,7 +62,7 @@ def _centred_cov(rule: Any, log_u: torch.Tensor, f: torch.Tensor) -> torch.Tenso
     return cov.reshape(f.shape[0], f.shape[0])
 
 
-class KLConstrainedProblem(UnlearningProblem):
+class KLConstrainedProblem(AnalyticProblem):
     r"""Unlearning with KL-divergence constraints, in the reverse (RU) or forward (FU) direction.
 
     Parameters
@@ -90,10 +92,25 @@ class KLConstrainedProblem(UnlearningProblem):
     _direction: str | None = None
 
     def __new__(cls, *args: Any, direction: str | None = None, **kwargs: Any) -> Any:
-        """Dispatch to :class:`ReverseKLProblem` or :class:`ForwardKLProblem` by ``direction``."""
+        """Dispatch by ``direction`` and by what ``pretrained`` is.
+
+        A :class:`~dualdiff.GaussianMixture` gives the closed-form :class:`ReverseKLProblem`
+        or :class:`ForwardKLProblem`; any other score model gives the model-level
+        :class:`~dualdiff.problems.model_level.ModelReverseKLProblem` or
+        :class:`~dualdiff.problems.model_level.ModelForwardKLProblem`.
+        """
         if cls is KLConstrainedProblem:
             direction = "reverse" if direction is None else direction
             check_choice(direction, "direction", "KLConstrainedProblem", ["reverse", "forward"])
+            pretrained = args[0] if args else kwargs.get("pretrained")
+            if pretrained is not None and not isinstance(pretrained, GaussianMixture):
+                from .model_level import ModelForwardKLProblem, ModelReverseKLProblem
+
+                model_cls = ModelReverseKLProblem if direction == "reverse" else ModelForwardKLProblem
+                # a registered virtual subclass, which type.__call__ does not initialise
+                obj = object.__new__(model_cls)
+                obj.__init__(*args, direction=direction, **kwargs)
+                return obj
             sub = ReverseKLProblem if direction == "reverse" else ForwardKLProblem
             return super().__new__(sub)
         return super().__new__(cls)
@@ -151,6 +168,41 @@ class ReverseKLProblem(KLConstrainedProblem):
 
     def _domain_upper(self) -> tuple[torch.Tensor, bool]:
         return log_tilt_upper_bounds(self.pretrained, self.unlearn, cap=1.0), False
+
+    def _projection_upper(self) -> tuple[torch.Tensor, float, bool]:
+        upper = torch.full((self.m,), math.inf, dtype=torch.float64)
+        if self.m == 1:
+            bound = tilt_bound(self.pretrained, self.unlearn[0])
+            if bound < 1.0:
+                upper[0] = bound
+        return upper, 1.0, False
+
+    def sampler_constraint_models(self) -> list[Any]:  # noqa: D102
+        return list(self.unlearn)
+
+    def sampler_constraint_terms(  # noqa: D102
+        self, x_final: torch.Tensor, path_kls: list[torch.Tensor]
+    ) -> torch.Tensor:
+        return torch.stack(path_kls)
+
+    def estimate_constraints(  # noqa: D102
+        self,
+        model: Any,
+        *,
+        n_samples: int,
+        generator: torch.Generator | None,
+        density: DensityEstimator,
+        estimate_objective: bool = True,
+    ) -> ConstraintEstimate:
+        def terms(x: torch.Tensor, lp: torch.Tensor | None) -> torch.Tensor:
+            assert lp is not None
+            return lp - torch.stack([q.log_prob(x) for q in self.unlearn])
+
+        return estimate_on_model_samples(
+            self, model, n_samples=n_samples, generator=generator, density=density,
+            terms=terms, needs_model_log_prob=True, log_p0=self.pretrained.log_prob,
+            estimate_objective=estimate_objective,
+        )
 
     def domain_info(self) -> dict[str, Any]:  # noqa: D102
         info = super().domain_info()
@@ -213,6 +265,8 @@ class ForwardKLProblem(KLConstrainedProblem):
 
     kind = "FU"
     _direction = "forward"
+    signed_loss = True
+    sampler_form = False
 
     _lam_max: list[RatioInfimum] | None = None
     _domain_log_ratio: torch.Tensor | None = None
@@ -263,6 +317,32 @@ class ForwardKLProblem(KLConstrainedProblem):
                 f"{worst:.6g} > 0)"
             )
         return True, ""
+
+    def _projection_upper(self) -> tuple[torch.Tensor, float, bool]:
+        upper = torch.tensor([r.value for r in self.lam_max], dtype=torch.float64)
+        return upper, 1.0, True
+
+    def signed_loss_coefficients(self, lam: torch.Tensor) -> tuple[float, list[float]]:  # noqa: D102
+        one_m = 1.0 - float(lam.sum())
+        return 1.0 / one_m, [float(v) / one_m for v in lam.tolist()]
+
+    def estimate_constraints(  # noqa: D102
+        self,
+        model: Any,
+        *,
+        n_samples: int,
+        generator: torch.Generator | None,
+        density: DensityEstimator,
+        estimate_objective: bool = True,
+    ) -> ConstraintEstimate:
+        samplers = self.unlearn_samplers()
+        assert samplers is not None
+        return estimate_forward(
+            self, model, n_samples=n_samples, generator=generator, density=density,
+            forget=samplers, log_forget_reference=[q.log_prob for q in self.unlearn],
+            retain=self.pretrained_sampler(), log_p0=self.pretrained.log_prob,
+            estimate_objective=estimate_objective,
+        )
 
     def _domain_upper(self) -> tuple[torch.Tensor, bool]:
         # lam_max is attained (closed bound) except at 1 (q_i = p0), where 1 - Lam > 0 is needed

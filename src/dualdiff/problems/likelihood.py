@@ -25,7 +25,10 @@ from ..integration import GridQuadrature, MonteCarlo
 from ..models.gaussian_mixture import GaussianMixture
 from ..potentials import CallableLikelihood, DensityLikelihood, LogLikelihood, Potential
 from ..targets import GeometricTarget
-from .base import UnlearningProblem
+from ..domain import tilt_bound
+from ._estimates import estimate_on_model_samples
+from .base import AnalyticProblem
+from .contract import ConstraintEstimate, DensityEstimator
 from .kl import _centred_cov, reverse_kl_to_pretrained
 
 __all__ = ["LikelihoodConstrainedProblem"]
@@ -42,7 +45,7 @@ _ILL_POSED = (
 )
 
 
-class LikelihoodConstrainedProblem(UnlearningProblem):
+class LikelihoodConstrainedProblem(AnalyticProblem):
     r"""Unlearning with likelihood constraints on the model's own samples (LU).
 
     Parameters
@@ -64,6 +67,24 @@ class LikelihoodConstrainedProblem(UnlearningProblem):
     """
 
     kind = "LU"
+    sample_functional = True
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """Dispatch by what ``pretrained`` is.
+
+        A :class:`~dualdiff.GaussianMixture` gives this closed-form class; any other score
+        model gives :class:`~dualdiff.problems.model_level.ModelLikelihoodProblem`.
+        """
+        pretrained = args[0] if args else kwargs.get("pretrained")
+        stated_with_models = pretrained is not None and not isinstance(pretrained, GaussianMixture)
+        if cls is LikelihoodConstrainedProblem and stated_with_models:
+            from .model_level import ModelLikelihoodProblem
+
+            # a registered virtual subclass, which type.__call__ does not initialise
+            obj = object.__new__(ModelLikelihoodProblem)
+            obj.__init__(*args, **kwargs)
+            return obj
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -126,6 +147,36 @@ class LikelihoodConstrainedProblem(UnlearningProblem):
         if self.likelihood_name == "log":
             return log_tilt_upper_bounds(self.pretrained, self.unlearn), False
         return super()._domain_upper()
+
+    def _projection_upper(self) -> tuple[torch.Tensor, float, bool]:
+        upper = torch.full((self.m,), float("inf"), dtype=torch.float64)
+        if self.m == 1 and self.likelihood_name == "log":
+            upper[0] = tilt_bound(self.pretrained, self.unlearn[0])
+        return upper, float("inf"), False
+
+    def _ell(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\ell_i(x)` ``(m, n)`` float64 (differentiable in ``x``)."""
+        return torch.stack([pot.value(x).to(torch.float64) for pot in self.potentials])
+
+    def sampler_constraint_terms(  # noqa: D102
+        self, x_final: torch.Tensor, path_kls: list[torch.Tensor]
+    ) -> torch.Tensor:
+        return self._ell(x_final)
+
+    def estimate_constraints(  # noqa: D102
+        self,
+        model: Any,
+        *,
+        n_samples: int,
+        generator: torch.Generator | None,
+        density: DensityEstimator,
+        estimate_objective: bool = True,
+    ) -> ConstraintEstimate:
+        return estimate_on_model_samples(
+            self, model, n_samples=n_samples, generator=generator, density=density,
+            terms=lambda x, lp: self._ell(x), needs_model_log_prob=False,
+            log_p0=self.pretrained.log_prob, estimate_objective=estimate_objective,
+        )
 
     def _log_u(self, lam: torch.Tensor) -> torch.Tensor:
         t = self.tables

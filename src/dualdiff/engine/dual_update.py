@@ -46,7 +46,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from .estimation import ConstraintEstimate
+from .constraints import ConstraintEstimate
 from .options import resolve
 
 __all__ = [
