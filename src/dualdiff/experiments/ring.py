@@ -34,7 +34,7 @@ from ..datasets.ring import ring_mixture
 from ..datasets.ring_classifier import exact_log_posterior
 from ..engine import ConstraintEstimator, PrimalDualTrainer
 from ..problems import AnalyticProblem, KLConstrainedProblem, LikelihoodConstrainedProblem
-from .ring_networks import ODE_TOL, RingNetworks, make_network_problem
+from .ring_networks import ODE_TOL, RingNetworks, make_network_problem, warm_start_rule
 
 __all__ = ["DemoConfig", "make_problem", "run_demo", "run_problem"]
 
@@ -207,6 +207,7 @@ def run_problem(
     prob = make_network_problem(cfg.kind, net_bounds, nets, forget_size=cfg.forget_size)
     t_est = time.perf_counter()
     estimated: Any = None
+    curvature = math.nan
     if cfg.kind in ("RU", "LU"):
         estimated = prob.estimate_dual(samples=nets.pool)  # type: ignore[attr-defined]
         assert estimated.estimator is not None
@@ -219,6 +220,8 @@ def run_problem(
     t_est = time.perf_counter() - t_est
     model = nets.trainable()
     estimator = _ode_estimator(prob, cfg.estimate_samples, ODE_TOL, objective=False)
+    warm = cfg.warm_start and estimated is not None
+    rule: Any = warm_start_rule(cfg.dual_update) if warm else cfg.dual_update
     trainer = PrimalDualTrainer(
         prob,
         model,
@@ -228,8 +231,8 @@ def run_problem(
         batch_size=cfg.batch_size,
         estimator=estimator,
         estimate_every=cfg.estimate_every,
-        dual_update=cfg.dual_update,
-        init_multipliers=estimated if (cfg.warm_start and estimated is not None) else None,
+        dual_update=rule,
+        init_multipliers=estimated if warm else None,
         seed=seed,
         callbacks=[_linear_lr_decay(cfg.primal_lr, cfg.final_lr_fraction, cfg.steps)],
     )
@@ -294,7 +297,7 @@ def run_problem(
         "population_ess": ess,
         "dual_lr": dual_lr,
         "dual_update": cfg.dual_update,
-        "warm_start": bool(cfg.warm_start and estimated is not None),
+        "warm_start": warm,
     }
     if estimated is not None:
         lam_est = estimated.multipliers.tolist()
@@ -309,6 +312,7 @@ def run_problem(
                     "samples": "the pretrained network's ODE draws",
                 },
                 "estimate_ess": estimated.ess,
+                "estimated_dual_curvature": curvature,
                 "predicted_constraints": estimated.predicted_constraints.tolist(),
                 "predicted_objective": estimated.certificate.primal_value,
                 "estimate_time_s": t_est,

@@ -41,6 +41,7 @@ from ..datasets import (
     ring_mixture,
     train_ring_classifier,
 )
+from ..engine.dual_update import DualUpdateRule, EveryEstimate, SettledPrimal
 from ..models import ModuleScoreModel
 from ..problems.contract import DensityEstimator, UnlearningProblem
 from ..problems.model_level import (
@@ -50,7 +51,13 @@ from ..problems.model_level import (
     classifier_log_ratio,
 )
 
-__all__ = ["BayesConcept", "RingNetworks", "make_network_problem", "pretrained_pool"]
+__all__ = [
+    "BayesConcept",
+    "RingNetworks",
+    "make_network_problem",
+    "pretrained_pool",
+    "warm_start_rule",
+]
 
 #: ODE tolerances of the frozen networks' samples and log-likelihoods.
 ODE_TOL = 1e-4
@@ -104,6 +111,39 @@ class BayesConcept(Conditioned):
         with torch.no_grad():
             lc = self.class_log_prob(x.to(torch.float64)).to(torch.float64)
         return lp0 + lc - self.log_prior
+
+
+class _WarmEvery(EveryEstimate):
+    def _decide(self, estimate: Any, change: float | None) -> tuple[bool, str]:
+        if self.previous is None:
+            return False, "warm_start"
+        return super()._decide(estimate, change)
+
+
+class _WarmSettled(SettledPrimal):
+    def _decide(self, estimate: Any, change: float | None) -> tuple[bool, str]:
+        if self.previous is None:
+            return False, "warm_start"
+        return super()._decide(estimate, change)
+
+
+def warm_start_rule(name: str, **options: Any) -> DualUpdateRule:
+    r"""The dual-update rule ``name`` (``"every"``/``"settled"``) without its first dual step.
+
+    After a warm start at :math:`\hat\lambda` (``estimate_dual``) the first constraint
+    estimate is of the *pretrained* model, which has not moved towards
+    :math:`p_{\hat\lambda}` yet; a dual step on it throws the multipliers away from the
+    estimate (measured on the ring, RU: 0.0147 -> 0.0228 with the demo's dual step). These
+    rules record that estimate and step from the second one on (``reason == "warm_start"``).
+    ``options`` go to :class:`~dualdiff.engine.SettledPrimal`.
+    """
+    if name == "every":
+        return _WarmEvery()
+    if name == "settled":
+        return _WarmSettled(**options)
+    raise ValueError(
+        f"warm_start_rule: unknown name={name!r}; allowed values are 'every', 'settled'"
+    )
 
 
 def _density() -> DensityEstimator:
