@@ -57,7 +57,7 @@ def test_estimated_dual_of_the_networks_is_near_the_closed_form(nets, kind):
     (-4.5%, -4.6%): the network's samples put E[log p(0|x)] 1.4 nats lower than the mixture
     (-65.4 vs -64.0), a bias beyond the standard errors; within the 10% demo target.
     """
-    ref, _ = make_problem(kind, 32.0)
+    ref, _ = make_problem(kind, 32.0, likelihood="classifier")
     lam_cf = float(ref.solve_dual().multipliers[0])
     prob = make_network_problem(kind, ref.bounds.tolist(), nets)
     est = prob.estimate_dual(samples=nets.pool)
@@ -73,3 +73,18 @@ def test_forward_kl_problem_has_lam_max_from_the_forget_fraction(nets):
     torch.testing.assert_close(prob.domain.upper, torch.tensor([1 / 8], dtype=torch.float64))
     with pytest.raises(DualdiffError, match="empirical forget set"):
         prob.estimate_dual()
+
+
+def test_classifier_referee_level_matches_monte_carlo():
+    """The LU referee's C(p0) = E_p0[log p(0|x)] (grid quadrature) vs 100k exact draws."""
+    from dualdiff.datasets import exact_log_posterior
+
+    _, c0 = make_problem("LU", 32.0, likelihood="classifier")
+    x = ring_mixture().sample(100_000, generator=torch.Generator().manual_seed(7))
+    v = exact_log_posterior(x)[:, 0]
+    se = float(v.std()) / math.sqrt(v.numel())
+    assert abs(c0 - float(v.mean())) < 4 * se
+    _, c0_log = make_problem("LU", 32.0)  # the default keeps l = log q
+    assert abs(c0_log - float(ring_mixture().component(0).log_prob(x).mean())) < 0.5
+    with pytest.raises(ValueError, match=r"make_problem: unknown likelihood='x'"):
+        make_problem("LU", 1.0, likelihood="x")

@@ -124,21 +124,24 @@ def _classifier_likelihood(x: torch.Tensor, i: int) -> torch.Tensor:
     return exact_log_posterior(x)[..., FORGET]
 
 
-def make_problem(kind: str, delta: float) -> tuple[AnalyticProblem, float]:
+def make_problem(
+    kind: str, delta: float, *, likelihood: str = "log"
+) -> tuple[AnalyticProblem, float]:
     r"""The referee: the ring problem of ``kind`` stated with the exact mixture.
 
-    The level is ``C(p0) + delta`` (``- delta`` for LU). LU's likelihood is the exact
-    :math:`\log p(c\mid x)` of the mixture (the quantity the networks' classifier estimates).
+    The level is ``C(p0) + delta`` (``- delta`` for LU). LU's likelihood is
+    :math:`\ell = \log q` (``likelihood="log"``) or the exact :math:`\log p(c\mid x)` of the
+    mixture (``"classifier"``, the quantity the demo's classifier estimates; the demo's choice).
     """
     check_choice(kind, "kind", "make_problem", ["RU", "FU", "LU"])
+    check_choice(likelihood, "likelihood", "make_problem", ["log", "classifier"])
     p0 = ring_mixture()
     q = p0.component(FORGET)
 
     def build(level: float) -> AnalyticProblem:
         if kind == "LU":
-            return LikelihoodConstrainedProblem(
-                p0, [q], bounds=[level], likelihood=_classifier_likelihood
-            )
+            ell: Any = _classifier_likelihood if likelihood == "classifier" else "log"
+            return LikelihoodConstrainedProblem(p0, [q], bounds=[level], likelihood=ell)
         if kind == "RU":
             return KLConstrainedProblem(p0, [q], bounds=[level], direction="reverse")
         return KLConstrainedProblem(p0, [q], bounds=[level], direction="forward")
@@ -196,7 +199,7 @@ def run_problem(
     """Run one problem; returns its report entry (also writes its figures when possible)."""
     t0 = time.perf_counter()
     output.mkdir(parents=True, exist_ok=True)
-    ref, c_p0 = make_problem(cfg.kind, cfg.delta)
+    ref, c_p0 = make_problem(cfg.kind, cfg.delta, likelihood="classifier")
     sol = ref.solve_dual()
     lam_star = sol.multipliers
     ess = sol.target.population_ess(ref.rule)
