@@ -34,8 +34,9 @@ class NonFiniteError(DualdiffError, ValueError):
 
 
 class ClosedFormUnavailableError(DualdiffError, NotImplementedError):
-    """A closed-form operation (``solve_dual``, ``target``, ``certificate``) on a problem stated
-    with models, which has no analytic densities to integrate.
+    """A closed-form operation on a problem stated with models (no analytic density).
+
+    ``solve_dual``, ``target`` and ``certificate`` need densities to integrate.
 
     Such problems are solved by ``problem.estimate_dual(...)`` (Monte Carlo over pretrained
     samples) and ``PrimalDualTrainer`` (primal-dual fine-tuning).

@@ -41,11 +41,11 @@ import scipy.stats
 import torch
 
 from .models.gaussian_mixture import GaussianMixture
+from .problems import AnalyticProblem as UnlearningProblem  # the closed-form problems
 from .problems import (
     ForwardKLProblem,
     LikelihoodConstrainedProblem,
     ReverseKLProblem,
-    UnlearningProblem,
 )
 
 __all__ = [

@@ -9,12 +9,12 @@ primal step is one of three forms (:class:`ReweightedDSM`, :class:`ComposedScore
 optimisers with histories, callbacks, a NaN guard and bit-exact checkpoints.
 """
 
+from ..problems.dual_domain import DualDomainProjection, project_capped_box
 from .checkpoint import load_checkpoint, save_checkpoint
 from .cmp import NonFiniteStep, UnlearningCMP, UnlearningCMPState
 from .constraints import ConstraintEstimate, ConstraintEstimator, violations_from
+from .dual_update import DUAL_UPDATES, DualUpdateRule, EveryEstimate, SettledPrimal
 from .history import StepRecord, TrainingHistory
-from ..problems.dual_domain import DualDomainProjection, project_capped_box
-from .projected_multiplier import ProjectedMultiplier
 from .optim import build_constrained_optimizer
 from .options import (
     DUAL_OPTIMIZERS,
@@ -35,8 +35,8 @@ from .primal import (
     SamplerLagrangian,
     TargetCache,
 )
+from .projected_multiplier import ProjectedMultiplier
 from .reference import TrainableGaussianMixture
-from .dual_update import DUAL_UPDATES, DualUpdateRule, EveryEstimate, SettledPrimal
 from .trainer import Callback, PrimalDualTrainer
 
 __all__ = [

@@ -55,12 +55,12 @@ from cooper.utils import ConstraintType
 
 from .._errors import NonFiniteError
 from .._validation import check_positive
-from .constraints import ConstraintEstimate, as_estimate
 from ..problems.dual_domain import DualDomainProjection
-from .projected_multiplier import ProjectedMultiplier
+from .constraints import ConstraintEstimate, as_estimate
+from .dual_update import DualUpdateRule, EveryEstimate
 from .options import FORMULATIONS, resolve
 from .primal import PrimalBatch, PrimalForm
-from .dual_update import DualUpdateRule, EveryEstimate
+from .projected_multiplier import ProjectedMultiplier
 
 __all__ = ["NonFiniteStep", "UnlearningCMP", "UnlearningCMPState"]
 

@@ -32,6 +32,7 @@ from ..problems.contract import UnlearningProblem
 from ..problems.dual_domain import DualDomainProjection
 from .cmp import NonFiniteStep, UnlearningCMP
 from .constraints import ConstraintEstimate, ConstraintEstimator
+from .dual_update import DualUpdateRule, RuleSnapshot, make_dual_update_rule
 from .history import StepRecord, TrainingHistory
 from .optim import GuardedExtrapolationOptimizer, build_constrained_optimizer
 from .options import (
@@ -41,7 +42,6 @@ from .options import (
     resolve,
 )
 from .primal import DataSampler, PrimalForm, TargetCache, make_primal_form
-from .dual_update import DualUpdateRule, RuleSnapshot, make_dual_update_rule
 
 __all__ = ["Callback", "PrimalDualTrainer"]
 
@@ -152,7 +152,8 @@ class PrimalDualTrainer:
         ``problem.unlearn_samplers()``: the mixtures, or the forget sets).
     estimator
         ``"auto"``, ``"exact"``, ``"ode"``, ``"elbo"`` (see
-        :class:`~dualdiff.engine.ConstraintEstimator`) or a callable ``fn(model, generator)`` returning a
+        :class:`~dualdiff.engine.ConstraintEstimator`) or a callable ``fn(model, generator)``
+        returning a
         :class:`~dualdiff.engine.ConstraintEstimate` or constraint values ``(m,)``.
     estimate_every
         Estimate the constraints every this many steps; with ``dual_update="every"`` each

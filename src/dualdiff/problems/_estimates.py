@@ -1,5 +1,6 @@
-r"""Monte Carlo estimates of the three problems' functionals for a model (shared by the
-closed-form and the model-level problems).
+r"""Monte Carlo estimates of the three problems' functionals for a model.
+
+Shared by the closed-form and the model-level problems.
 
 For the current model :math:`p_\theta`:
 
@@ -71,9 +72,12 @@ def estimate_forward(
     log_p0: Callable[[torch.Tensor], torch.Tensor],
     estimate_objective: bool,
 ) -> ConstraintEstimate:
-    r"""FU: :math:`C_i = E_{q_i}[\log r_i - \log p_\theta]` with ``log_forget_reference[i]``
-    :math:`=\log r_i` (:math:`q_i` itself, or :math:`p_0` at model level); objective
-    :math:`E_{p_0}[\log p_0 - \log p_\theta]` on ``retain`` draws."""
+    r"""FU: :math:`C_i = E_{q_i}[\log r_i - \log p_\theta]` on forget draws.
+
+    ``log_forget_reference[i]`` is :math:`\log r_i` (:math:`q_i` itself, or :math:`p_0` at
+    model level); objective
+    :math:`E_{p_0}[\log p_0 - \log p_\theta]` on ``retain`` draws.
+    """
     rows = []
     with torch.no_grad():
         for draw, log_r in zip(forget, log_forget_reference, strict=True):

@@ -329,8 +329,11 @@ class UnlearningProblem(ABC):
         """
 
     def signed_loss_coefficients(self, lam: torch.Tensor) -> tuple[float, list[float]]:
-        r"""Coefficients ``(a, [c_i])`` of the signed loss :math:`a\,E_{p_0}[\ell]-\sum_i c_i
-        E_{q_i}[\ell]` (FU: :math:`a = 1/(1-\Lambda)`, :math:`c_i=\lambda_i/(1-\Lambda)`)."""
+        r"""Coefficients ``(a, [c_i])`` of the signed denoising loss.
+
+        :math:`a\,E_{p_0}[\ell]-\sum_i c_i E_{q_i}[\ell]` (FU: :math:`a = 1/(1-\Lambda)`,
+        :math:`c_i=\lambda_i/(1-\Lambda)`).
+        """
         raise TypeError(
             f"{type(self).__name__}: the signed denoising loss is the forward-KL (FU) primal "
             "form; this problem trains on a composed target score"
@@ -403,7 +406,7 @@ class UnlearningProblem(ABC):
             "PrimalDualTrainer(problem, model, ...)"
         )
 
-    def solve_dual(self, **kwargs: Any) -> DualSolution:
+    def solve_dual(self, *args: Any, **kwargs: Any) -> DualSolution:
         """Closed-form dual solve (problems stated with analytic densities only)."""
         raise ClosedFormUnavailableError(self._closed_form_message("solve_dual"))
 

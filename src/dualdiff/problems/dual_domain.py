@@ -98,8 +98,10 @@ def _always(lam: torch.Tensor) -> bool:
 
 @dataclass(frozen=True)
 class DualDomain:
-    r"""The dual domain of a problem: :math:`\{\lambda\ge0,\ \lambda\le u,\ \sum_i\lambda_i<s\}`
-    intersected with an exact membership condition.
+    r"""The dual domain of a problem.
+
+    :math:`\{\lambda\ge0,\ \lambda\le u,\ \sum_i\lambda_i<s\}` intersected with an exact
+    membership condition.
 
     Attributes
     ----------

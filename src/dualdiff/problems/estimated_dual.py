@@ -7,7 +7,8 @@ row of per-sample values per constraint estimate it before any training
 
 * LU, values :math:`F_{ij} = \ell_i(x_j)`:
   :math:`\hat g(\lambda) = -\log\frac1n\sum_j e^{-\lambda^\top F_{\cdot j}} - \lambda^\top\tau`,
-  :math:`\nabla\hat g = \hat E_{w}[\ell] - \tau`, :math:`\nabla^2\hat g = -\widehat{\mathrm{Cov}}_w(\ell)`;
+  :math:`\nabla\hat g = \hat E_{w}[\ell] - \tau`,
+  :math:`\nabla^2\hat g = -\widehat{\mathrm{Cov}}_w(\ell)`;
 * RU, log-ratios :math:`F_{ij} = \log p_0(x_j) - \log q_i(x_j)`: with
   :math:`\eta = \lambda/(1-\Lambda)`, :math:`\log w_j = \eta^\top F_{\cdot j}`,
   :math:`\hat Z = \frac1n\sum_j w_j`,
@@ -329,7 +330,7 @@ class MonteCarloDual:
         )
 
     def tradeoff(self, levels: Any) -> list[TradeoffPoint]:
-        """:math:`\\hat P^\\star(b)` at each row of ``levels`` ``(k,)`` or ``(k, m)``."""
+        r""":math:`\hat P^\star(b)` at each row of ``levels`` ``(k,)`` or ``(k, m)``."""
         lv = torch.as_tensor(levels, dtype=_DTYPE)
         m = self.problem.m
         if lv.ndim == 1 and m == 1:

@@ -106,11 +106,14 @@ class KLConstrainedProblem(AnalyticProblem):
             if pretrained is not None and not isinstance(pretrained, GaussianMixture):
                 from .model_level import ModelForwardKLProblem, ModelReverseKLProblem
 
-                model_cls = ModelReverseKLProblem if direction == "reverse" else ModelForwardKLProblem
-                # a registered virtual subclass, which type.__call__ does not initialise
-                obj = object.__new__(model_cls)
-                obj.__init__(*args, direction=direction, **kwargs)
-                return obj
+                # registered virtual subclasses, which type.__call__ does not initialise
+                if direction == "reverse":
+                    ru = object.__new__(ModelReverseKLProblem)
+                    ModelReverseKLProblem.__init__(ru, *args, direction=direction, **kwargs)
+                    return ru
+                fu = object.__new__(ModelForwardKLProblem)
+                ModelForwardKLProblem.__init__(fu, *args, direction=direction, **kwargs)
+                return fu
             sub = ReverseKLProblem if direction == "reverse" else ForwardKLProblem
             return super().__new__(sub)
         return super().__new__(cls)
@@ -142,6 +145,17 @@ class KLConstrainedProblem(AnalyticProblem):
                 f"KLConstrainedProblem: parameter 'bounds' must be >= 0 (KL levels), got "
                 f"{self.bounds.tolist()}"
             )
+
+    def estimate_constraints(  # noqa: D102
+        self,
+        model: Any,
+        *,
+        n_samples: int,
+        generator: torch.Generator | None,
+        density: DensityEstimator,
+        estimate_objective: bool = True,
+    ) -> ConstraintEstimate:
+        raise NotImplementedError  # ReverseKLProblem and ForwardKLProblem implement it
 
     def _slack(self, c: torch.Tensor) -> torch.Tensor:
         return c - self.bounds

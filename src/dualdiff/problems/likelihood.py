@@ -19,13 +19,12 @@ import torch
 
 from .._errors import IllPosedProblemError
 from .._validation import check_choice
-from ..domain import log_tilt_in_domain, log_tilt_upper_bounds
+from ..domain import log_tilt_in_domain, log_tilt_upper_bounds, tilt_bound
 from ..duality import DualEval
 from ..integration import GridQuadrature, MonteCarlo
 from ..models.gaussian_mixture import GaussianMixture
 from ..potentials import CallableLikelihood, DensityLikelihood, LogLikelihood, Potential
 from ..targets import GeometricTarget
-from ..domain import tilt_bound
 from ._estimates import estimate_on_model_samples
 from .base import AnalyticProblem
 from .contract import ConstraintEstimate, DensityEstimator
@@ -82,7 +81,7 @@ class LikelihoodConstrainedProblem(AnalyticProblem):
 
             # a registered virtual subclass, which type.__call__ does not initialise
             obj = object.__new__(ModelLikelihoodProblem)
-            obj.__init__(*args, **kwargs)
+            ModelLikelihoodProblem.__init__(obj, *args, **kwargs)
             return obj
         return super().__new__(cls)
 

@@ -67,8 +67,9 @@ _DTYPE = torch.float64
 def classifier_log_ratio(
     log_prob_classes: Callable[[torch.Tensor], torch.Tensor], log_prior: Any
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    r"""Implicit-classifier log-ratios :math:`\log p_0(x) - \log q_i(x) = \log p(c_i) -
-    \log p(c_i\mid x)` for concepts :math:`q_i = p_0(\cdot\mid c_i)`.
+    r"""Implicit-classifier log-ratios for concepts :math:`q_i = p_0(\cdot\mid c_i)`.
+
+    :math:`\log p_0(x) - \log q_i(x) = \log p(c_i) - \log p(c_i\mid x)`.
 
     Parameters
     ----------
@@ -122,7 +123,9 @@ class ComposedScore:
         self.coefficients = [float(v) for v in torch.as_tensor(coefficients).reshape(-1)]
         self.schedule = getattr(base, "schedule", None)
 
-    def score(self, x: torch.Tensor, t: torch.Tensor | float = 0.0, cond: Any = None) -> torch.Tensor:
+    def score(
+        self, x: torch.Tensor, t: torch.Tensor | float = 0.0, cond: Any = None
+    ) -> torch.Tensor:
         """Composed score at ``(x, t)``, shaped like ``x``."""
         out = self.power * self.base.score(x, t).to(x.dtype)
         for c, other in zip(self.coefficients, self.others, strict=True):
@@ -180,6 +183,13 @@ def _tensor_sampler(data: torch.Tensor) -> DataSampler:
     return sampler
 
 
+def _whole(data: torch.Tensor) -> DataSampler:
+    def sampler(n: int, generator: torch.Generator | None) -> torch.Tensor:
+        return data
+
+    return sampler
+
+
 def _check_score_model(obj: Any, name: str, owner: str) -> Any:
     if not isinstance(obj, ScoreModel):
         raise TypeError(
@@ -233,7 +243,9 @@ class _ModelProblem(UnlearningProblem):
                 f"{type(density).__name__}"
             )
         if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 2:
-            raise ValueError(f"{owner}: parameter 'pool_size' must be an int >= 2, got {pool_size!r}")
+            raise ValueError(
+                f"{owner}: parameter 'pool_size' must be an int >= 2, got {pool_size!r}"
+            )
         self.pool_size = pool_size
         self._data: torch.Tensor | None = None
         self._data_sampler: DataSampler | None = None
@@ -266,11 +278,11 @@ class _ModelProblem(UnlearningProblem):
 
     # ----------------------------------------------------------------- facts
     @property
-    def m(self) -> int:  # noqa: D102
+    def m(self) -> int:
         return self._m
 
     @property
-    def event_shape(self) -> tuple[int, ...]:  # noqa: D102
+    def event_shape(self) -> tuple[int, ...]:
         if self._event_shape is None:
             raise ValueError(
                 f"{self._owner}: the event shape is unknown; pass event_shape=(...) or "
@@ -279,10 +291,10 @@ class _ModelProblem(UnlearningProblem):
         return self._event_shape
 
     @property
-    def has_closed_form(self) -> bool:  # noqa: D102
+    def has_closed_form(self) -> bool:
         return False
 
-    def reference_model(self) -> Any:  # noqa: D102
+    def reference_model(self) -> Any:
         return self.pretrained
 
     def __repr__(self) -> str:
@@ -293,19 +305,20 @@ class _ModelProblem(UnlearningProblem):
 
     # ----------------------------------------------------------------- pretrained samples
     def _pool(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Clean pretrained samples: the user's data, or ``pool_size`` draws of the frozen
-        model's probability-flow sampler (drawn once and kept)."""
+        """Clean pretrained samples (the data, or frozen-model draws made once and kept)."""
         if self._data is None:
             if self._data_sampler is not None:
                 x = self._data_sampler(self.pool_size, generator)
             else:
-                x = self.density.sample(self.pretrained, self.pool_size, self.event_shape, generator)
+                x = self.density.sample(
+                    self.pretrained, self.pool_size, self.event_shape, generator
+                )
             self._data = x.detach().to(device="cpu", dtype=_DTYPE)
             if self._event_shape is None:
                 self._event_shape = tuple(self._data.shape[1:])
         return self._data
 
-    def pretrained_sampler(self) -> DataSampler:  # noqa: D102
+    def pretrained_sampler(self) -> DataSampler:
         if self._data_sampler is not None:
             return self._data_sampler
         pool = self._pool()
@@ -342,7 +355,9 @@ class _ModelProblem(UnlearningProblem):
 
 
 class ModelReverseKLProblem(_ModelProblem):
-    r"""RU stated with models: :math:`\min\mathrm{KL}(p\|p_0)` s.t. :math:`\mathrm{KL}(p\|q_i)\ge b_i`.
+    r"""RU stated with models: :math:`\min\mathrm{KL}(p\|p_0)` s.t. KL to each concept.
+
+    The constraints are :math:`\mathrm{KL}(p\|q_i)\ge b_i`.
 
     Parameters
     ----------
@@ -454,8 +469,11 @@ class ModelReverseKLProblem(_ModelProblem):
         return torch.stack(path_kls)
 
     def population_ess(self, lam: torch.Tensor) -> float | None:
-        r""":math:`1/E_{p_0}[w_\lambda^2]` over every pretrained sample whose log-ratios were
-        estimated (``estimate_dual``, reweighted DSM batches); ``None`` before any."""
+        r"""Population ESS :math:`1/E_{p_0}[w_\lambda^2]` from the estimated log-ratios.
+
+        Over every pretrained sample whose log-ratios were estimated (``estimate_dual``,
+        reweighted DSM batches); ``None`` before any.
+        """
         r = self._cache.values()
         if r is None:
             return None
@@ -521,8 +539,9 @@ class ModelReverseKLProblem(_ModelProblem):
 
 
 class ModelForwardKLProblem(_ModelProblem):
-    r"""FU stated with data: :math:`\min\mathrm{KL}(p_0\|p)` s.t. the forget sets' log-likelihood
-    drops :math:`\Delta_i = E_{A_i}[\log p_0 - \log p] \ge b_i`.
+    r"""FU stated with data: :math:`\min\mathrm{KL}(p_0\|p)` s.t. forget-set likelihood drops.
+
+    The constraints are :math:`\Delta_i = E_{A_i}[\log p_0 - \log p] \ge b_i`.
 
     :math:`\Delta_i = \mathrm{KL}(q_i\|p) - \mathrm{KL}(q_i\|p_0)` for the empirical distribution
     :math:`q_i` of :math:`A_i`, so this is FU with levels shifted by the constant
@@ -605,7 +624,8 @@ class ModelForwardKLProblem(_ModelProblem):
                     f"fn(n, generator), got {type(a).__name__}"
                 )
         shapes = {tuple(t.shape[1:]) for t in self._forget if t is not None}
-        if event_shape is None and len(shapes) == 1 and not isinstance(pretrained_data, torch.Tensor):
+        data_is_tensor = isinstance(pretrained_data, torch.Tensor)
+        if event_shape is None and len(shapes) == 1 and not data_is_tensor:
             event_shape = next(iter(shapes))
         super().__init__(
             pretrained, len(items), bounds, owner=owner, pretrained_data=pretrained_data,
@@ -707,10 +727,10 @@ class ModelForwardKLProblem(_ModelProblem):
         density: DensityEstimator,
         estimate_objective: bool = True,
     ) -> ConstraintEstimate:
-        forget = []
+        forget: list[DataSampler] = []
         for t, s in zip(self._forget, self._forget_samplers, strict=True):
             if t is not None and t.shape[0] <= n_samples:
-                forget.append(lambda n, g, t=t: t)  # the whole (small) forget set
+                forget.append(_whole(t))  # the whole (small) forget set
             else:
                 forget.append(s)
         return estimate_forward(
@@ -738,8 +758,7 @@ class ModelForwardKLProblem(_ModelProblem):
 
 
 class ModelLikelihoodProblem(_ModelProblem):
-    r"""LU stated with models: :math:`\min\mathrm{KL}(p\|p_0)` s.t.
-    :math:`E_{x\sim p}[\ell_i(x)] \le \tau_i`.
+    r"""LU stated with models: :math:`\min\mathrm{KL}(p\|p_0)` s.t. :math:`E_p[\ell_i]\le\tau_i`.
 
     Parameters
     ----------
@@ -780,8 +799,8 @@ class ModelLikelihoodProblem(_ModelProblem):
     ) -> None:
         owner = "LikelihoodConstrainedProblem"
         if expectation == "unlearn":
-            from .likelihood import _ILL_POSED
             from .._errors import IllPosedProblemError
+            from .likelihood import _ILL_POSED
 
             raise IllPosedProblemError(_ILL_POSED.format(got=expectation))
         check_choice(expectation, "expectation", owner, ["model"])
@@ -806,7 +825,9 @@ class ModelLikelihoodProblem(_ModelProblem):
         return DualDomain(
             upper=torch.full((self.m,), math.inf, dtype=_DTYPE),
             cap=math.inf,
-            description="lam >= 0 with E_p0[exp(-sum lam_i l_i)] finite (not checked at model level)",
+            description=(
+                "lam >= 0 with E_p0[exp(-sum lam_i l_i)] finite (not checked at model level)"
+            ),
         )
 
     def violations(self, constraints: torch.Tensor) -> torch.Tensor:  # noqa: D102
@@ -841,8 +862,11 @@ class ModelLikelihoodProblem(_ModelProblem):
         return self.likelihood_values(x_final)
 
     def population_ess(self, lam: torch.Tensor) -> float | None:
-        r""":math:`1/E_{p_0}[w_\lambda^2]` on the pretrained data/pool (callables) or on the
-        samples whose likelihoods were estimated (concept models); ``None`` before any."""
+        r"""Population ESS :math:`1/E_{p_0}[w_\lambda^2]`.
+
+        On the pretrained data/pool (callables) or on the samples whose likelihoods were
+        estimated (concept models); ``None`` before any.
+        """
         lam = lam.to(_DTYPE)
         if all(not isinstance(u, ScoreModel) for u in self.unlearn):
             if self._data is None:
@@ -878,10 +902,11 @@ class ModelLikelihoodProblem(_ModelProblem):
         generator: torch.Generator | None = None,
         min_ess: float = 0.05,
     ) -> EstimatedDualSolution:
-        r"""Estimate :math:`\lambda^\star`, the predicted constraints and :math:`P^\star` from
-        pretrained samples and :math:`\ell` only.
+        r"""Estimate :math:`\lambda^\star`, the constraints and :math:`P^\star` from samples.
 
-        :math:`\hat g(\lambda) = -\log\frac1n\sum_j e^{-\lambda^\top\ell(x_j)} - \lambda^\top\tau`
+        Only pretrained samples and :math:`\ell` are needed:
+        :math:`\hat g(\lambda) = -\log\frac1n\sum_j e^{-\lambda^\top\ell(x_j)}
+        - \lambda^\top\tau`
         (:mod:`dualdiff.problems.estimated_dual`). Parameters as in
         :meth:`ModelReverseKLProblem.estimate_dual`.
         """
