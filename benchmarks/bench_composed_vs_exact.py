@@ -13,10 +13,10 @@ quadrature, ~1e-10 accurate).
 For each level the script
 
 1. samples the composed field ``target.score(x, t)`` with the reverse SDE (Euler-Maruyama) and
-   with the probability-flow ODE (Heun), both from ``dualdiff.sampling``;
+   with the probability-flow ODE (Heun), both from ``dualdiff.diffusion.sampling``;
 2. controls: samples p0 itself with the same samplers (sampler + estimator floor), draws direct
    samples of the exact target (``target.sample``: estimator check), and, for the largest level,
-   samples the *exact* noised target field (:class:`dualdiff.noised.ExactNoisedTarget`) with
+   samples the *exact* noised target field (:class:`dualdiff.targets.noised.ExactNoisedTarget`) with
    the ODE (it must land on the exact target);
 3. estimates KL(.||p0) and KL(.||q) of every sample set by a **mode-wise Gaussian fit**: an
    8-component full-covariance Gaussian mixture fitted by EM (initialised by assigning samples
@@ -57,7 +57,7 @@ import dualdiff
 from dualdiff import GaussianMixture, KLConstrainedProblem, sample_ode, sample_sde
 from dualdiff.cli import environment, format_table, limit_threads
 from dualdiff.datasets import ring_mixture
-from dualdiff.noised import ExactNoisedTarget, composed_score_error
+from dualdiff.targets.noised import ExactNoisedTarget, composed_score_error
 
 RESULTS = Path(__file__).resolve().parent / "results"
 F64 = torch.float64

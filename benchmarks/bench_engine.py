@@ -46,6 +46,7 @@ from torch import nn
 
 from dualdiff import GaussianMixture, KLConstrainedProblem
 from dualdiff.cli import environment, format_table, limit_threads
+from dualdiff.diffusion.losses import denoising_score_matching_loss
 from dualdiff.engine import (
     ConstraintEstimate,
     DualDomainProjection,
@@ -53,7 +54,6 @@ from dualdiff.engine import (
     TargetCache,
     violations_from,
 )
-from dualdiff.losses import denoising_score_matching_loss
 from dualdiff.models.module_adapter import MLPScoreNet, ModuleScoreModel
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_engine.json"

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from dualdiff.datasets.ring import load_pretrained_ring
-from dualdiff.experiments.ring import make_problem
 from dualdiff.engine import ConstraintEstimator, PrimalDualTrainer
+from dualdiff.experiments.ring import make_problem
 
 
 def time_steps(device: str, prob, n: int = 50) -> float:

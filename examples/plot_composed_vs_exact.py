@@ -18,7 +18,7 @@ products do not commute with the Gaussian convolution of the forward process, so
 On a ring of eight Gaussians (radius 4, std 0.5) we forget one mode with RU, sample the
 composed field with the reverse SDE, and compare with the exact target — whose mode weights
 the dual solution gives in closed form, and whose exact noised score
-:class:`dualdiff.noised.ExactNoisedTarget` computes by numerical convolution.
+:class:`dualdiff.targets.noised.ExactNoisedTarget` computes by numerical convolution.
 (``benchmarks/bench_composed_vs_exact.py`` runs the full version with several levels,
 both samplers and controls.)
 """
@@ -34,7 +34,7 @@ import torch
 
 from dualdiff import KLConstrainedProblem, sample_sde
 from dualdiff.datasets import ring_mixture
-from dualdiff.noised import ExactNoisedTarget, composed_score_error
+from dualdiff.targets.noised import ExactNoisedTarget, composed_score_error
 
 torch.set_num_threads(1)  # tiny tensors: extra threads only add synchronisation cost
 
@@ -78,7 +78,7 @@ for k in range(8):
 # %%
 # Where the error comes from
 # --------------------------
-# :func:`dualdiff.noised.composed_score_error` measures
+# :func:`dualdiff.targets.noised.composed_score_error` measures
 # :math:`\mathbb E_{p_{\lambda,t}}\|s^{\mathrm{comp}}_t - \nabla\log p_{\lambda,t}\|^2` against
 # the exact noised score. It vanishes at :math:`t=0` (the composition is exact there) and at
 # :math:`t=1` (everything is noise), and peaks at intermediate noise — exactly where the

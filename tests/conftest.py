@@ -16,6 +16,10 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# Nothing in the suite may reach a model hub: diffusers/peft/transformers work offline only.
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+
 _COMMON = {
     "deadline": None,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],

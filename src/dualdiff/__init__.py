@@ -24,6 +24,9 @@ from .baselines import (
     neggrad_loss,
     train_fixed_weight,
 )
+from .diffusion.likelihood import Estimate, elbo, kl_estimate, ode_log_likelihood, path_kl
+from .diffusion.losses import denoising_score_matching_loss
+from .diffusion.sampling import SamplerOutput, sample_ode, sample_sde
 from .duality import Certificate, DualSolution
 from .engine import (
     ConstraintEstimate,
@@ -35,9 +38,7 @@ from .engine import (
     TrainingHistory,
     UnknownOptionError,
 )
-from .estimators import Estimate, elbo, kl_estimate, ode_log_likelihood, path_kl
 from .integration import GridQuadrature, MonteCarlo
-from .losses import denoising_score_matching_loss
 from .models import (
     Conditioned,
     Density,
@@ -48,8 +49,6 @@ from .models import (
     ScoreModel,
     VPSchedule,
 )
-from .noised import ExactNoisedTarget, ScoreErrorProfile, composed_score_error
-from .potentials import CallableLikelihood, DensityLikelihood, LogLikelihood
 from .problems import (
     DensityEstimator,
     DualDomain,
@@ -60,8 +59,9 @@ from .problems import (
     ReverseKLProblem,
     UnlearningProblem,
 )
-from .sampling import SamplerOutput, sample_ode, sample_sde
 from .targets import GeometricTarget, SignedMixtureTarget, Target
+from .targets.noised import ExactNoisedTarget, ScoreErrorProfile, composed_score_error
+from .targets.potentials import CallableLikelihood, DensityLikelihood, LogLikelihood
 
 try:
     __version__ = version("dualdiff")

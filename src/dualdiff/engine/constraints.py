@@ -22,13 +22,13 @@ Two methods:
   target): the functionals are integrated with the problem's own rule
   (grid quadrature or fixed Monte Carlo points), error bars from the rule.
 * ``"ode"`` — any score model: samples from the model's probability-flow ODE sampler
-  (:func:`~dualdiff.sampling.sample_ode`), model log-densities from
-  :func:`~dualdiff.estimators.ode_log_likelihood` (exact divergence up to 8 event entries,
+  (:func:`~dualdiff.diffusion.sampling.sample_ode`), model log-densities from
+  :func:`~dualdiff.diffusion.likelihood.ode_log_likelihood` (exact divergence up to 8 event entries,
   Hutchinson beyond), Monte Carlo standard errors. The ODE model is the density at ``t_min``
   (see that function's notes); ``q_i``, ``p0`` and ``l_i`` are evaluated by the problem
   (exactly for mixtures, by its own likelihood estimator for frozen networks).
 * ``"elbo"`` — as ``"ode"`` but the model's log-density is its
-  :func:`~dualdiff.estimators.elbo` (a lower bound; cheaper per sample).
+  :func:`~dualdiff.diffusion.likelihood.elbo` (a lower bound; cheaper per sample).
 """
 
 from __future__ import annotations
@@ -71,10 +71,10 @@ class ConstraintEstimator:
     estimate_objective
         Also estimate the objective (costs one more likelihood pass for FU and LU).
     ode_kwargs
-        Extra keyword arguments of :func:`~dualdiff.estimators.ode_log_likelihood` (e.g.
+        Extra keyword arguments of :func:`~dualdiff.diffusion.likelihood.ode_log_likelihood` (e.g.
         ``rtol``, ``atol``, ``divergence``).
     sampler_kwargs
-        Extra keyword arguments of :func:`~dualdiff.sampling.sample_ode` (e.g. ``method``,
+        Extra keyword arguments of :func:`~dualdiff.diffusion.sampling.sample_ode` (e.g. ``method``,
         ``steps``).
 
     Notes

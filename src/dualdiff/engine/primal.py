@@ -32,7 +32,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..losses import denoising_score_matching_loss, predict_eps, resolve_schedule
+from ..diffusion.losses import denoising_score_matching_loss
+from ..models.interface import predict_eps, resolve_schedule
 from ..models.schedule import NoiseSchedule
 from .options import EngineConfigurationError, resolve
 

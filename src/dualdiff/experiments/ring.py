@@ -369,7 +369,7 @@ def _figures(
         entry["figures"] = []
         entry["figures_note"] = "matplotlib is not installed: pip install dualdiff[plot]"
         return
-    from ..sampling import sample_ode
+    from ..diffusion.sampling import sample_ode
 
     kind = entry["problem"]
     gen = torch.Generator().manual_seed(seed + 3)

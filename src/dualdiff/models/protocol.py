@@ -34,7 +34,7 @@ class ScoreModel(Protocol):
     ``score(x, t, cond)`` takes ``x`` of shape ``(n, *event)`` and ``t`` either a float or a
     tensor broadcastable to ``(n,)``; it returns a tensor shaped like ``x``. ``log_prob`` is
     optional (analytic models provide it; diffusion networks get it from the probability-flow
-    ODE in :mod:`dualdiff.estimators`).
+    ODE in :mod:`dualdiff.diffusion.likelihood`).
     """
 
     def score(

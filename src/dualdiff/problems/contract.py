@@ -146,18 +146,19 @@ class DensityEstimator:
     r"""How log-densities and samples of score models are obtained for Monte Carlo estimates.
 
     Models with an analytic normalised ``log_prob`` (and ``sample``) use it; any other score
-    model is sampled with the probability-flow ODE (:func:`~dualdiff.sampling.sample_ode`)
-    and evaluated with :func:`~dualdiff.estimators.ode_log_likelihood` (exact divergence up
-    to 8 event entries, Hutchinson beyond) or with the :func:`~dualdiff.estimators.elbo`.
+    model is sampled with the probability-flow ODE
+    (:func:`~dualdiff.diffusion.sampling.sample_ode`) and evaluated with
+    :func:`~dualdiff.diffusion.likelihood.ode_log_likelihood` (exact divergence up to 8 event
+    entries, Hutchinson beyond) or with the :func:`~dualdiff.diffusion.likelihood.elbo`.
 
     Attributes
     ----------
     likelihood
         ``"ode"`` (default) or ``"elbo"`` (a lower bound; cheaper, noisier).
     ode_kwargs
-        Extra keyword arguments of :func:`~dualdiff.estimators.ode_log_likelihood`.
+        Extra keyword arguments of :func:`~dualdiff.diffusion.likelihood.ode_log_likelihood`.
     sampler_kwargs
-        Extra keyword arguments of :func:`~dualdiff.sampling.sample_ode`.
+        Extra keyword arguments of :func:`~dualdiff.diffusion.sampling.sample_ode`.
     elbo_draws
         Time/noise draws per sample of the ELBO.
     use_log_prob
@@ -178,7 +179,7 @@ class DensityEstimator:
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         """``n`` samples of ``model`` ``(n, *event_shape)``, float64 on the CPU."""
-        from ..sampling import prior_sample, sample_ode
+        from ..diffusion.sampling import prior_sample, sample_ode
 
         if self.use_log_prob and callable(getattr(model, "sample", None)) and callable(
             getattr(model, "log_prob", None)
@@ -188,7 +189,7 @@ class DensityEstimator:
             return out.detach().to(device="cpu", dtype=_DTYPE)  # type: ignore[no-any-return]
         dtype, device = model_dtype(model), model_device(model)
         sched = getattr(model, "schedule", None)
-        from ..losses import resolve_schedule
+        from ..models.interface import resolve_schedule
 
         sched = resolve_schedule(model, sched, "DensityEstimator.sample")
         x_init = prior_sample((n, *event_shape), sched, generator=generator, dtype=dtype)
@@ -203,7 +204,7 @@ class DensityEstimator:
         self, model: Any, x: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Log-density of ``model`` at ``x`` ``(n, *event)``; float64 ``(n,)`` on the CPU."""
-        from ..estimators import elbo, ode_log_likelihood
+        from ..diffusion.likelihood import elbo, ode_log_likelihood
 
         fn = getattr(model, "log_prob", None)
         if self.use_log_prob and callable(fn):

@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 import torch
 
-from .._atoms import Atoms, signed_log_sum
 from .._validation import check_choice
 from ..domain import (
     RatioInfimum,
@@ -38,8 +37,9 @@ from ..domain import (
 from ..duality import DualEval
 from ..integration import GridQuadrature, MonteCarlo
 from ..models.gaussian_mixture import GaussianMixture
-from ..potentials import LogLikelihood
 from ..targets import GeometricTarget, SignedMixtureTarget
+from ..targets._atoms import Atoms, signed_log_sum
+from ..targets.potentials import LogLikelihood
 from ._estimates import estimate_forward, estimate_on_model_samples
 from .base import AnalyticProblem
 from .contract import ConstraintEstimate, DensityEstimator

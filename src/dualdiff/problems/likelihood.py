@@ -23,8 +23,8 @@ from ..domain import log_tilt_in_domain, log_tilt_upper_bounds, tilt_bound
 from ..duality import DualEval
 from ..integration import GridQuadrature, MonteCarlo
 from ..models.gaussian_mixture import GaussianMixture
-from ..potentials import CallableLikelihood, DensityLikelihood, LogLikelihood, Potential
 from ..targets import GeometricTarget
+from ..targets.potentials import CallableLikelihood, DensityLikelihood, LogLikelihood, Potential
 from ._estimates import estimate_on_model_samples
 from .base import AnalyticProblem
 from .contract import ConstraintEstimate, DensityEstimator

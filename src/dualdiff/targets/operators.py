@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
+from .._errors import DualDomainError, NonFiniteError
+from ..models.gaussian_mixture import GaussianMixture
 from ._atoms import Atoms, signed_log_sum
-from ._errors import DualDomainError, NonFiniteError
 from ._mcmc import mala
-from .models.gaussian_mixture import GaussianMixture
 from .potentials import Potential
 
 __all__ = ["GeometricTarget", "SignedMixtureTarget", "Target"]

@@ -12,8 +12,8 @@ r"""Likelihood and KL estimators for black-box score models and densities.
 Monte Carlo estimators return an :class:`Estimate` ``(value, stderr, n)``. All conventions follow
 :ref:`the diffusion view <diffusion-view>`: VP forward process
 :math:`x_t = \alpha_t x_0 + \sigma_t\varepsilon`, prior
-:math:`\pi = \mathcal N(0, \sigma_{t_{\max}}^2 I)` (the one the samplers in :mod:`dualdiff.sampling`
-draw from), time range :math:`[t_{\min}, t_{\max}]`.
+:math:`\pi = \mathcal N(0, \sigma_{t_{\max}}^2 I)` (the one the samplers in
+:mod:`dualdiff.diffusion.sampling` draw from), time range :math:`[t_{\min}, t_{\max}]`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any, Literal, NamedTuple, get_args, overload
 
 import torch
 
-from ._validation import check_choice, check_finite, check_positive
-from .losses import check_score_model, predict_eps, resolve_schedule
-from .models.parametrization import clamp_time
-from .models.protocol import Density, ScoreModel
-from .models.schedule import NoiseSchedule
+from .._validation import check_choice, check_finite, check_positive
+from ..models.interface import check_score_model, predict_eps, resolve_schedule
+from ..models.parametrization import clamp_time
+from ..models.protocol import Density, ScoreModel
+from ..models.schedule import NoiseSchedule
 
 __all__ = [
     "Divergence",
@@ -322,7 +322,8 @@ def ode_log_likelihood(
 
     The model density is the prior pushed through the ODE
     :math:`\dot x = v(x,t) = f(t)x - \tfrac12 g(t)^2 s_\theta(x,t)` from :math:`t_{\max}` down
-    to :math:`t_{\min}` — the distribution :func:`~dualdiff.sampling.sample_ode` draws from.
+    to :math:`t_{\min}` — the distribution
+    :func:`~dualdiff.diffusion.sampling.sample_ode` draws from.
     Integrating forwards from :math:`x_{t_{\min}} = x` with the instantaneous
     change of variables,
 
@@ -380,7 +381,7 @@ def ode_log_likelihood(
     (:math:`\alpha_{t_{\max}} \approx 6.6\cdot10^{-3}` for the default VP schedule), an error
     of order :math:`\alpha_{t_{\max}}\,\|x_{t_{\max}}\|\,\|\mathbb E x_0\|/\sigma_{t_{\max}}^2`.
     Both are part of what the sampler produces, so the value is the exact log-density of
-    samples from :func:`~dualdiff.sampling.sample_ode` up to solver error.
+    samples from :func:`~dualdiff.diffusion.sampling.sample_ode` up to solver error.
     """
     owner = "ode_log_likelihood"
     check_score_model(model, "model", owner)

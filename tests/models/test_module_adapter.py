@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from dualdiff._errors import NonFiniteError
-from dualdiff.losses import denoising_score_matching_loss
+from dualdiff.diffusion.losses import denoising_score_matching_loss
 from dualdiff.models.gaussian_mixture import GaussianMixture
 from dualdiff.models.module_adapter import MLPScoreNet, ModuleScoreModel
 from dualdiff.models.parametrization import (
@@ -283,7 +283,7 @@ def test_dsm_loss_errors():
 @pytest.mark.slow
 def test_mlp_learns_ring_of_eight_gaussians():
     # The demo's claim: MLPScoreNet learns the 2-D ring (R/std = 8) on CPU in about a minute.
-    from dualdiff.sampling import sample_ode
+    from dualdiff.diffusion.sampling import sample_ode
 
     torch.manual_seed(0)
     ang = torch.arange(8) * 2 * math.pi / 8

@@ -7,7 +7,7 @@ import torch
 
 from dualdiff.cli import main
 from dualdiff.datasets import load_pretrained_ring, ring_mixture
-from dualdiff.estimators import ode_log_likelihood
+from dualdiff.diffusion.likelihood import ode_log_likelihood
 from dualdiff.experiments.ring import DEFAULTS, TOLERANCES, run_demo
 
 DEFAULTS_DELTA = {k: cfg.delta for k, cfg in DEFAULTS.items()}

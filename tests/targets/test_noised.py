@@ -1,4 +1,4 @@
-"""Tests of dualdiff.noised: exact noised targets by numerical convolution (MATH.md §3).
+"""Tests of dualdiff.targets.noised: exact noised targets by numerical convolution (MATH.md §3).
 
 References are independent of the convolution code: the closed-form noised Gaussian
 mixture (``GaussianMixture.noised``), the FU signed mixture (exact at every t by linearity),
@@ -19,7 +19,7 @@ from dualdiff import (
     NonFiniteError,
     VPSchedule,
 )
-from dualdiff.noised import ExactNoisedTarget, ScoreErrorProfile, composed_score_error
+from dualdiff.targets.noised import ExactNoisedTarget, ScoreErrorProfile, composed_score_error
 
 F64 = torch.float64
 # Times spanning the three regimes: t = 0 (clean), Gauss-Hermite (sigma/alpha < 1.25 h) and

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .models.gaussian_mixture import GaussianMixture
+from ..models.gaussian_mixture import GaussianMixture
 
 __all__ = ["Atoms", "signed_log_sum"]
 

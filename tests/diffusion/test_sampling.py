@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import torch
 
+from dualdiff.diffusion.sampling import SamplerOutput, prior_sample, sample_ode, sample_sde
 from dualdiff.models.gaussian_mixture import GaussianMixture
 from dualdiff.models.module_adapter import MLPScoreNet, ModuleScoreModel
 from dualdiff.models.schedule import VPSchedule
-from dualdiff.sampling import SamplerOutput, prior_sample, sample_ode, sample_sde
 
 
 def _gm() -> GaussianMixture:

@@ -3,7 +3,8 @@
 Each row of ``IMPLEMENTATIONS`` builds a score model for a (dtype, device) pair and states
 what it supports; every test below runs over every row. The contract:
 
-* ``score(x, t)`` returns a finite tensor shaped like ``x`` for batches ``(n, d)``;
+* ``score(x, t)`` returns a finite tensor shaped like ``x`` for batches ``(n, *event)`` (each
+  row states its event shape: ``(d,)`` for densities, ``(C, H, W)`` for image UNets);
 * dtype float32/float64 and the device are preserved where the model supports them;
 * gradients flow to ``x`` (autograd through the score, checked by finite differences);
 * ``t`` as a float, a 0-d tensor or a per-point ``(n,)`` tensor gives the same result, and
@@ -31,11 +32,12 @@ from dualdiff import (
     LikelihoodConstrainedProblem,
     ScoreModel,
 )
-from dualdiff.noised import ExactNoisedTarget
+from dualdiff.targets.noised import ExactNoisedTarget
 
 F32, F64 = torch.float32, torch.float64
 HAS_CUDA = torch.cuda.is_available()
 HAS_MODULE_ADAPTER = importlib.util.find_spec("dualdiff.models.module_adapter") is not None
+HAS_DIFFUSERS = all(importlib.util.find_spec(m) is not None for m in ("diffusers", "peft"))
 
 
 
@@ -105,6 +107,48 @@ def _mlp(dtype: torch.dtype, device: str) -> Any:
     return ModuleScoreModel(net.to(dtype=dtype, device=device), prediction="eps")
 
 
+@functools.cache
+def _diffusers(kind: str, dtype: torch.dtype, device: str) -> Any:
+    """Tiny random-config diffusers UNets (8x8, one channel) behind the adapter."""
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+
+    from dualdiff.adapters.diffusers import DiffusersScoreModel
+
+    torch.manual_seed(0)  # the same float32 weights for every (dtype, device)
+    common: dict[str, Any] = dict(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+    )
+    if kind == "class":
+        unet = UNet2DModel(
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=4,
+            num_class_embeds=4,
+            **common,
+        )
+        return DiffusersScoreModel(
+            unet.to(dtype=dtype, device=device), DDPMScheduler(clip_sample=False)
+        )
+    cond_unet = UNet2DConditionModel(
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=2,
+        **common,
+    )
+    null = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    return DiffusersScoreModel(
+        cond_unet.to(dtype=dtype, device=device),
+        DDIMScheduler(clip_sample=False, prediction_type="v_prediction"),
+        null_embedding=null,
+    )
+
+
 @dataclass(frozen=True)
 class Impl:
     """A row of the contract table.
@@ -112,7 +156,8 @@ class Impl:
     ``build(dtype, device)`` returns the model; ``dtypes``/``devices`` are those it supports
     (inputs of those dtypes give outputs of the same dtype); ``log_prob`` says whether a
     normalised clean ``log_prob(x)`` exists; ``noised_log_prob`` whether ``log_prob(x, t)`` is
-    the exact noised density at ``t > 0`` (so the score must be its gradient there).
+    the exact noised density at ``t > 0`` (so the score must be its gradient there);
+    ``event_shape`` is the shape of one point (batches are ``(n, *event_shape)``).
     """
 
     name: str
@@ -124,6 +169,7 @@ class Impl:
     #: Tests known to fail for this row (marked strict xfail, so a fix turns them red->green
     #: and then the entry must be removed).
     known_failures: tuple[str, ...] = ()
+    event_shape: tuple[int, ...] = (2,)
 
     def __str__(self) -> str:
         return self.name
@@ -173,12 +219,38 @@ IMPLEMENTATIONS: list[Any] = [
         ),
         id="module_mlp",
     ),
+    *(
+        pytest.param(
+            Impl(
+                name,
+                functools.partial(_diffusers, kind),
+                (F32, F64),
+                ("cpu", "cuda"),
+                False,
+                False,
+                event_shape=(1, 8, 8),
+            ),
+            marks=pytest.mark.skipif(not HAS_DIFFUSERS, reason="diffusers/peft not installed"),
+            id=name,
+        )
+        for name, kind in (("diffusers_unet2d", "class"), ("diffusers_unet2d_condition", "text"))
+    ),
 ]
 
 
-def _points(n: int, dtype: torch.dtype = F64, device: str = "cpu", seed: int = 0) -> torch.Tensor:
+def _points(
+    n: int,
+    dtype: torch.dtype = F64,
+    device: str = "cpu",
+    seed: int = 0,
+    event: tuple[int, ...] = (2,),
+) -> torch.Tensor:
+    """``n`` test points of shape ``event``: the 2-D cloud around the mixtures, else N(0, I)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.tensor([[0.5, 0.0]], dtype=F64) + 1.8 * torch.randn(n, 2, dtype=F64, generator=g)
+    if event == (2,):
+        x = torch.tensor([[0.5, 0.0]], dtype=F64) + 1.8 * torch.randn(n, 2, dtype=F64, generator=g)
+    else:
+        x = torch.randn(n, *event, dtype=F64, generator=g)
     return x.to(dtype=dtype, device=device)
 
 
@@ -207,7 +279,7 @@ def test_is_a_score_model(impl):
 @pytest.mark.parametrize("t", [0.0, 0.4])
 def test_output_shape_and_finite(impl, n, t):
     model = _model(impl)
-    x = _points(n)
+    x = _points(n, event=impl.event_shape)
     s = model.score(x, t)
     assert s.shape == x.shape
     assert bool(torch.isfinite(s).all())
@@ -217,7 +289,7 @@ def test_output_shape_and_finite(impl, n, t):
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 def test_dtype_preserved(impl, dtype):
     model = _model(impl, dtype)
-    x = _points(6, dtype)
+    x = _points(6, dtype, event=impl.event_shape)
     for t in (0.0, 0.3):
         s = model.score(x, t)
         assert s.dtype == dtype
@@ -233,7 +305,7 @@ def test_dtype_preserved(impl, dtype):
 )
 def test_device_preserved(impl, device):
     model = _model(impl, F64, device)
-    x = _points(6, F64, device)
+    x = _points(6, F64, device, event=impl.event_shape)
     s = model.score(x, 0.3)
     assert s.device.type == device
     if device != "cpu":
@@ -244,7 +316,7 @@ def test_device_preserved(impl, device):
 @pytest.mark.parametrize("t", [0.0, 0.3])
 def test_gradients_flow_to_x(impl, t):
     model = _model(impl)
-    x = _points(5, seed=1).requires_grad_(True)
+    x = _points(5, seed=1, event=impl.event_shape).requires_grad_(True)
     g = torch.Generator().manual_seed(2)
     v = torch.randn(x.shape, dtype=F64, generator=g)
     w = torch.randn(x.shape, dtype=F64, generator=g)
@@ -263,7 +335,7 @@ def test_gradients_flow_to_x(impl, t):
 @pytest.mark.parametrize("t", [0.0, 0.05, 0.7])
 def test_time_forms_agree(impl, t):
     model = _model(impl)
-    x = _points(6, seed=3)
+    x = _points(6, seed=3, event=impl.event_shape)
     ref = model.score(x, t)
     for tt in (torch.tensor(t, dtype=F64), torch.full((6,), t, dtype=F64)):
         # GaussianMixture takes another (eigendecomposition) path for per-point times.
@@ -272,7 +344,7 @@ def test_time_forms_agree(impl, t):
 
 def test_per_point_times_equal_separate_calls(impl):
     model = _model(impl)
-    x = _points(5, seed=4)
+    x = _points(5, seed=4, event=impl.event_shape)
     times = torch.tensor([0.0, 0.01, 0.2, 0.5, 1.0], dtype=F64)
     got = model.score(x, times)
     for i, t in enumerate(times.tolist()):
@@ -282,7 +354,7 @@ def test_per_point_times_equal_separate_calls(impl):
 
 def test_continuity_at_t0(impl):
     model = _model(impl)
-    x = _points(6, seed=5)
+    x = _points(6, seed=5, event=impl.event_shape)
     s0 = model.score(x, 0.0)
     s_tiny = model.score(x, 1e-7)
     # sigma_t^2 ~ beta_min * t = 1e-8 changes the scores by ~1e-8 / variance.
@@ -292,7 +364,7 @@ def test_continuity_at_t0(impl):
 def _autograd_score(model: Any, x: torch.Tensor, t: float | None) -> torch.Tensor:
     x = x.detach().requires_grad_(True)
     lp = model.log_prob(x) if t is None else model.log_prob(x, t)
-    assert lp.shape == x.shape[:-1]
+    assert lp.shape == (x.shape[0],)
     (g,) = torch.autograd.grad(lp.sum(), x)
     return g
 
@@ -301,7 +373,7 @@ def test_score_is_gradient_of_log_prob_at_t0(impl):
     if not impl.log_prob:
         pytest.skip(f"{impl.name} has no log_prob")
     model = _model(impl)
-    x = _points(6, seed=6)
+    x = _points(6, seed=6, event=impl.event_shape)
     assert torch.allclose(model.score(x, 0.0), _autograd_score(model, x, None), atol=1e-8)
 
 
@@ -310,7 +382,7 @@ def test_score_is_gradient_of_noised_log_prob(impl, t):
     if not impl.noised_log_prob:
         pytest.skip(f"{impl.name} has no exact noised log_prob(x, t)")
     model = _model(impl)
-    x = _points(6, seed=7)
+    x = _points(6, seed=7, event=impl.event_shape)
     assert torch.allclose(model.score(x, t), _autograd_score(model, x, t), atol=1e-8)
 
 
@@ -326,4 +398,6 @@ def test_table_covers_every_target_kind():
         "fu_signed_mixture",
         "exact_noised_ru",
         "module_mlp",
+        "diffusers_unet2d",
+        "diffusers_unet2d_condition",
     } <= names

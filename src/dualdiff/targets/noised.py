@@ -29,10 +29,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ._validation import check_finite, check_positive
-from .integration import GridQuadrature
-from .models.gaussian_mixture import GaussianMixture
-from .models.schedule import NoiseSchedule, VPSchedule
+from .._validation import check_finite, check_positive
+from ..integration import GridQuadrature
+from ..models.gaussian_mixture import GaussianMixture
+from ..models.schedule import NoiseSchedule, VPSchedule
 
 __all__ = ["ExactNoisedTarget", "ScoreErrorProfile", "composed_score_error"]
 

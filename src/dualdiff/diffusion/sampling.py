@@ -21,11 +21,11 @@ from typing import Any, Literal, NamedTuple, get_args, overload
 
 import torch
 
-from ._validation import check_choice, check_finite, check_positive
-from .losses import check_score_model, resolve_schedule
-from .models.parametrization import clamp_time
-from .models.protocol import ScoreModel
-from .models.schedule import NoiseSchedule
+from .._validation import check_choice, check_finite, check_positive
+from ..models.interface import check_score_model, resolve_schedule
+from ..models.parametrization import clamp_time
+from ..models.protocol import ScoreModel
+from ..models.schedule import NoiseSchedule
 
 __all__ = [
     "ODEMethod",

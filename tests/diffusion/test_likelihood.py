@@ -10,7 +10,7 @@ import torch
 from scipy import integrate
 
 from dualdiff._errors import NonFiniteError
-from dualdiff.estimators import (
+from dualdiff.diffusion.likelihood import (
     Estimate,
     elbo,
     kl_estimate,
