@@ -44,7 +44,6 @@ Writes benchmarks/results/bench_composed_vs_exact.json and bench_composed_vs_exa
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -55,8 +54,10 @@ import torch
 
 import dualdiff
 from dualdiff import GaussianMixture, KLConstrainedProblem, sample_ode, sample_sde
+from dualdiff._io import dump_strict_json
 from dualdiff.cli import environment, format_table, limit_threads
 from dualdiff.datasets import ring_mixture
+from dualdiff.experiments.report import results_location
 from dualdiff.targets.noised import ExactNoisedTarget, composed_score_error
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -479,8 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="smoke run: fewer samples and steps")
     ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--output", type=Path, default=RESULTS)
+    ap.add_argument("--output", type=Path, default=None,
+                    help="folder (default benchmarks/results; --quick: a temporary folder)")
     args = ap.parse_args(argv)
+    args.output = results_location(args.output, RESULTS, quick=args.quick,
+                                   name="bench_composed_vs_exact")
     if args.quick:
         args.n, args.n_direct, args.sde_steps, args.ode_steps = 3000, 2000, 200, 40
         args.n_score, args.exact_field_n, args.exact_field_steps = 300, 500, 30
@@ -506,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         **res,
     }
     path = args.output / "bench_composed_vs_exact.json"
-    path.write_text(json.dumps(out, indent=1))
+    dump_strict_json(out, path, indent=1)  # atomic; NaN -> null + reason
     print(f"wrote {path}")
     return 0
 

@@ -26,7 +26,6 @@ Writes benchmarks/results/bench_dual.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -44,7 +43,9 @@ from dualdiff import (
     LikelihoodConstrainedProblem,
     MonteCarlo,
 )
+from dualdiff._io import dump_strict_json
 from dualdiff.cli import environment, format_table, limit_threads
+from dualdiff.experiments.report import results_location
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_dual.json"
 GOAL = 30.0  # density-evaluation equivalents for one constraint
@@ -269,8 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dims", nargs="+", type=int, default=[2, 16], choices=[2, 16])
     ap.add_argument("--quick", action="store_true",
                     help="3 repeats, Monte Carlo n = 2e4 (smoke test, not the reported numbers)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON file (default benchmarks/results/bench_dual.json; --quick: a "
+                    "temporary folder)")
     args = ap.parse_args(argv)
+    args.out = results_location(args.out, RESULTS, quick=args.quick, name="bench_dual")
     repeats = 3 if args.quick else args.repeats
     n_mc = 20_000 if args.quick else 100_000
     settings: dict[int, Callable[[], Any]] = {
@@ -307,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": [asdict(r) for r in results],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+    dump_strict_json(report, args.out, indent=2)  # atomic; NaN -> null + reason
     print(f"wrote {args.out}")
     ok = all(r.m != 1 or r.goal_metric <= GOAL for r in results)
     return 0 if ok else 1

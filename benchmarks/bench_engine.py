@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import statistics
 import time
@@ -45,6 +44,7 @@ import torch
 from torch import nn
 
 from dualdiff import GaussianMixture, KLConstrainedProblem
+from dualdiff._io import dump_strict_json
 from dualdiff.cli import environment, format_table, limit_threads
 from dualdiff.diffusion.losses import denoising_score_matching_loss
 from dualdiff.engine import (
@@ -54,6 +54,7 @@ from dualdiff.engine import (
     TargetCache,
     violations_from,
 )
+from dualdiff.experiments.report import results_location
 from dualdiff.models.module_adapter import MLPScoreNet, ModuleScoreModel
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_engine.json"
@@ -216,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="smoke run (steps=40, repeats=2)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file (default benchmarks/results/bench_engine.json; --quick: "
+                        "a temporary folder)")
     args = parser.parse_args(argv)
+    out_path = results_location(args.out, RESULTS, quick=args.quick, name="bench_engine")
     if args.quick:
         args.steps, args.repeats, args.warmup = 40, 2, 5
     rows = []
@@ -259,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "environment": environment(args.threads),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2))
-    print(f"wrote {RESULTS}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    dump_strict_json(out, out_path, indent=2)  # atomic; NaN -> null + reason
+    print(f"wrote {out_path}")
     return 0 if ok else 1
 
 

@@ -87,7 +87,7 @@ Run:   python benchmarks/bench_one_run.py [--quick] [--seeds 0 1 2 3 4] [--delta
        [--dual-update settled|every] [--kappa 0.25] [--no-variants] [--no-plot]
        [--pool 8192]
        (~6 min on one thread; --quick ~20 s)
-Writes benchmarks/results/bench_one_run.json and bench_one_run.png (``--quick``: under /tmp).
+Writes benchmarks/results/bench_one_run.json and .png (``--quick``: a temporary folder).
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from dualdiff import GridQuadrature, KLConstrainedProblem
+from dualdiff._io import dump_strict_json
 from dualdiff.baselines import FixedWeightTrainer, esd_eta, esd_lambda
 from dualdiff.cli import environment, format_table, limit_threads
 from dualdiff.datasets import ring_mixture
@@ -113,6 +114,7 @@ from dualdiff.engine import (
     SettledPrimal,
 )
 from dualdiff.engine import TrainableGaussianMixture as TGM
+from dualdiff.experiments.report import results_location
 from dualdiff.experiments.ring_networks import warm_start_rule
 from dualdiff.problems.model_level import ModelReverseKLProblem
 
@@ -565,12 +567,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool", type=int, default=8192,
                     help="pretrained samples of the model-level case (d)")
     ap.add_argument("--output", type=Path, default=None,
-                    help="results folder (default benchmarks/results; --quick: /tmp)")
+                    help="folder (default benchmarks/results; --quick: a temporary folder)")
     args = ap.parse_args(argv)
+    args.output = results_location(args.output, RESULTS, quick=args.quick and not args.replot,
+                                   name="bench_one_run")
     if args.quick:
         args.deltas, args.seeds, args.no_variants = args.deltas[:1], args.seeds[:1], True
-    if args.output is None:
-        args.output = Path("/tmp/bench_one_run_quick") if args.quick else RESULTS
     args.output.mkdir(parents=True, exist_ok=True)
     if args.replot:
         saved = json.loads((args.output / "bench_one_run.json").read_text())
@@ -739,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         "levels": levels,
     }
     path = args.output / "bench_one_run.json"
-    path.write_text(json.dumps(_jsonable(out), indent=1))
+    dump_strict_json(_jsonable(out), path, indent=1)  # atomic; NaN -> null + reason
     print(f"wrote {path}")
     if not args.no_plot:
         png = args.output / "bench_one_run.png"

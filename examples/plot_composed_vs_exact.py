@@ -119,4 +119,10 @@ ax.set(
     title="composed-score error along $t$",
 )
 fig.tight_layout()
+# Save the figures (``./figures`` or ``$DUALDIFF_FIGURES``) so a headless run keeps them, then
+# show them when a display is available.
+from dualdiff.experiments.report import save_open_figures
+
+for path in save_open_figures("plot_composed_vs_exact"):
+    print("saved", path)
 plt.show()

@@ -91,4 +91,10 @@ p_half = p0.noised(0.5)
 print("weights at t=0.5:", p_half.weights.tolist())
 print("covariance of component 0 at t=0.5:", p_half.covariances[0].tolist())
 
+# Save the figures (``./figures`` or ``$DUALDIFF_FIGURES``) so a headless run keeps them, then
+# show them when a display is available.
+from dualdiff.experiments.report import save_open_figures
+
+for path in save_open_figures("plot_gaussian_mixture_basics"):
+    print("saved", path)
 plt.show()

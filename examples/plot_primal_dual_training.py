@@ -211,4 +211,10 @@ for ax in axes:
     ax.legend(fontsize=8)
 fig.tight_layout()
 
+# Save the figures (``./figures`` or ``$DUALDIFF_FIGURES``) so a headless run keeps them, then
+# show them when a display is available.
+from dualdiff.experiments.report import save_open_figures
+
+for path in save_open_figures("plot_primal_dual_training"):
+    print("saved", path)
 plt.show()

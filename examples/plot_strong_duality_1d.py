@@ -269,4 +269,10 @@ fig.tight_layout()
 # measured in the other KL direction, stops at its ceiling. Every point of these curves
 # carries a zero-gap certificate, because each is the closed-form optimum for its own level.
 
+# Save the figures (``./figures`` or ``$DUALDIFF_FIGURES``) so a headless run keeps them, then
+# show them when a display is available.
+from dualdiff.experiments.report import save_open_figures
+
+for path in save_open_figures("plot_strong_duality_1d"):
+    print("saved", path)
 plt.show()

@@ -115,4 +115,10 @@ for name, dist in [("p0", p0)] + [(k, s.target) for k, s in solutions.items()]:
     mass, _ = rule.integral(torch.exp(dist.log_prob(rule.points)) * region)
     print(f"mass on the concept region: {name:>2}  {float(mass):.4f}")
 
+# Save the figures (``./figures`` or ``$DUALDIFF_FIGURES``) so a headless run keeps them, then
+# show them when a display is available.
+from dualdiff.experiments.report import save_open_figures
+
+for path in save_open_figures("plot_targets_2d"):
+    print("saved", path)
 plt.show()

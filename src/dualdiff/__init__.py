@@ -7,7 +7,9 @@ Likelihood Constraints* (Khalafi, Ribeiro & Ding, ICML 2026, arXiv:2605.30825).
 from importlib.metadata import PackageNotFoundError, version
 
 from ._errors import (
+    CheckpointError,
     ClosedFormUnavailableError,
+    DataScaleWarning,
     DualdiffError,
     DualDomainError,
     DualEstimateUnavailableError,
@@ -63,20 +65,29 @@ from .targets import GeometricTarget, SignedMixtureTarget, Target
 from .targets.noised import ExactNoisedTarget, ScoreErrorProfile, composed_score_error
 from .targets.potentials import CallableLikelihood, DensityLikelihood, LogLikelihood
 
+#: Distribution name on the package index (``pip install dualdiff-unlearning``); the import
+#: name is ``dualdiff``. ("dualdiff" on PyPI is an unrelated project.)
+DISTRIBUTION = "dualdiff-unlearning"
+
 try:
-    __version__ = version("dualdiff")
-except PackageNotFoundError:  # pragma: no cover - source tree without installation
-    __version__ = "0.0.0+unknown"
+    __version__ = version(DISTRIBUTION)
+except PackageNotFoundError:  # pragma: no cover - an install made before the rename
+    try:
+        __version__ = version("dualdiff")
+    except PackageNotFoundError:  # source tree without installation
+        __version__ = "0.0.0+unknown"
 
 __all__ = [
     "ESD",
     "SISS",
     "CallableLikelihood",
     "Certificate",
+    "CheckpointError",
     "ClosedFormUnavailableError",
     "Conditioned",
     "ConstraintEstimate",
     "ConstraintEstimator",
+    "DataScaleWarning",
     "Density",
     "DensityEstimator",
     "DensityLikelihood",

@@ -7,7 +7,9 @@ so a user can fix the call from the message alone.
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
     "ClosedFormUnavailableError",
+    "DataScaleWarning",
     "DualDomainError",
     "DualEstimateUnavailableError",
     "DualdiffError",
@@ -31,6 +33,19 @@ class IllPosedProblemError(DualdiffError, ValueError):
 
 class NonFiniteError(DualdiffError, ValueError):
     """A NaN or infinite value was found where a finite one is required."""
+
+
+class CheckpointError(DualdiffError, ValueError):
+    """A checkpoint file is missing, empty, truncated, corrupt or holds invalid values."""
+
+
+class DataScaleWarning(UserWarning):
+    r"""Data far from the noise schedule's scale: the prior is not the terminal marginal.
+
+    Likelihoods (ODE, ELBO) assume :math:`p_T \approx \mathcal N(0, \sigma_T^2 I)`; data with
+    :math:`\alpha_T\,\mathrm{rms}(x_0) \gtrsim 0.1\,\sigma_T` violate it (standardise the
+    data, or use a schedule with a larger terminal variance).
+    """
 
 
 class ClosedFormUnavailableError(DualdiffError, NotImplementedError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 
 from ._errors import NonFiniteError
 
-__all__ = ["as_tensor", "check_choice", "check_finite", "check_positive"]
+__all__ = ["as_tensor", "check_choice", "check_finite", "check_int", "check_positive"]
 
 
 def as_tensor(
@@ -39,6 +40,7 @@ def as_tensor(
     if isinstance(value, torch.Tensor):
         t = value
     else:
+        _refuse_text(value, name, owner)
         try:
             t = torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=dtype or torch.float64)
         except (TypeError, ValueError, RuntimeError) as exc:
@@ -69,8 +71,58 @@ def check_finite(t: torch.Tensor, name: str, owner: str) -> torch.Tensor:
     return t
 
 
+def _refuse_text(value: Any, name: str, owner: str) -> None:
+    """Raise ``TypeError`` if ``value`` is (or holds) text where numbers are expected.
+
+    ``float("0.01")`` and ``np.asarray(["1.5"], dtype=float)`` silently parse strings; a
+    string given for a number is almost always a mistake (a config file read as text).
+    """
+    if isinstance(value, (str, bytes)):
+        raise TypeError(
+            f"{owner}: parameter '{name}' must be a number (or array of numbers), got the "
+            f"string {value!r}; convert it explicitly, e.g. float({value!r})"
+        )
+    if isinstance(value, np.ndarray) and value.dtype.kind in "USO":
+        if value.dtype.kind in "US" or any(isinstance(v, (str, bytes)) for v in value.flat):
+            raise TypeError(
+                f"{owner}: parameter '{name}' must hold numbers, got an array of dtype "
+                f"{value.dtype}"
+            )
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _refuse_text(v, name, owner)
+
+
+def check_int(value: Any, name: str, owner: str, *, low: int | None = None) -> int:
+    """Validate an integer parameter (``bool``, floats and strings are refused).
+
+    Parameters
+    ----------
+    value
+        A Python or numpy integer.
+    name, owner
+        Parameter and class/function names for the message.
+    low
+        Smallest allowed value (``None``: no bound).
+
+    Returns
+    -------
+    int
+        ``int(value)``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
+        low is not None and value < low
+    ):
+        rule = "an int" if low is None else f"an int >= {low}"
+        raise ValueError(f"{owner}: parameter '{name}' must be {rule}, got {value!r}")
+    return int(value)
+
+
 def check_positive(value: float, name: str, owner: str, *, strict: bool = True) -> float:
-    """Validate a real scalar that must be (strictly) positive and finite."""
+    """Validate a real scalar that must be (strictly) positive and finite (no strings)."""
+    _refuse_text(value, name, owner)
+    if isinstance(value, bool):
+        raise TypeError(f"{owner}: parameter '{name}' must be a real number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):

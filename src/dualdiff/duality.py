@@ -19,7 +19,9 @@ import torch
 
 __all__ = ["Certificate", "DualEval", "DualSolution", "Status", "maximize_dual"]
 
-Status = Literal["optimal", "boundary", "infeasible", "max_iter", "feasible"]
+Status = Literal[
+    "optimal", "boundary", "infeasible", "max_iter", "inaccurate", "feasible", "unknown"
+]
 
 
 class DualEval(NamedTuple):
@@ -45,7 +47,9 @@ class Certificate:
     primal_value
         Objective :math:`f(p)` (a KL divergence to the pretrained model).
     dual_value
-        :math:`g(\lambda)`.
+        :math:`g(\lambda)` as computed. ``dual_value - dual_error`` is a lower bound on the
+        optimum :math:`P^\star` (weak duality); ``dual_value`` alone is one only up to its
+        error bar.
     gap
         ``primal_value - dual_value``.
     constraint_values
@@ -53,10 +57,15 @@ class Certificate:
     slack
         ``(m,)``, non-negative when satisfied: :math:`C_i - b_i` (KL) or :math:`\tau_i - C_i` (LU).
     feasible
-        Every slack is ``>= -tol`` (``tol`` = 3 error bars + 1e-9).
+        ``True``: every slack is ``>= 3`` error bars, or ``>= -1e-9 (1 + |level|)`` with an
+        error bar below ``1e-6 (1 + |level|)``; ``False``: some slack is below
+        ``-(3 error bars + 1e-9 (1 + |level|))``;
+        ``None``: unknown (the error bars are too large to decide). Never ``True`` on the
+        strength of a large error bar.
     status
-        Solve status for a dual solution's certificate; ``"feasible"`` or ``"infeasible"``
-        for a certificate of an arbitrary candidate.
+        Solve status for a dual solution's certificate (see :class:`DualSolution`);
+        ``"feasible"``, ``"infeasible"`` or ``"unknown"`` (as ``feasible``) for a certificate
+        of an arbitrary candidate.
     multipliers
         The :math:`\lambda` used, ``(m,)``.
     method
@@ -65,7 +74,9 @@ class Certificate:
         Error bar of ``primal_value`` (grid: difference to a coarser grid plus edge mass; MC:
         standard error).
     dual_error
-        Error bar of ``dual_value`` (same construction).
+        Error bar of ``dual_value``: 0 up to rounding for closed forms; grid: difference to the
+        coarser grid, edge mass and the bound on the target's mass outside the box (from
+        Gaussian envelopes of the target); MC: standard error.
     gap_error
         Error bar of ``gap`` (same construction).
     constraint_errors
@@ -73,7 +84,10 @@ class Certificate:
     complementary_slackness
         :math:`\lambda_i\cdot\text{slack}_i`, ``(m,)``.
     normalisation
-        :math:`\int p` on the rule (should be 1 for a valid candidate).
+        :math:`\int p` (should be 1 for a valid candidate). For a dual solution's target it is
+        computed on a grid independent of the one that normalised it (wider box, other
+        spacing), or from the exact mixture for closed forms; for other candidates on the
+        problem's rule.
     """
 
     primal_value: float
@@ -81,7 +95,7 @@ class Certificate:
     gap: float
     constraint_values: torch.Tensor
     slack: torch.Tensor
-    feasible: bool
+    feasible: bool | None
     status: str
     multipliers: torch.Tensor
     method: str
@@ -121,9 +135,14 @@ class DualSolution:
     certificate
         :class:`Certificate` of the target at the multipliers.
     status
-        ``"optimal"``, ``"boundary"`` (dual maximised on the domain boundary: the primal
-        optimum is not attained and the target does not meet the constraint), ``"infeasible"``
-        (the dual is unbounded: no distribution meets the levels) or ``"max_iter"``.
+        ``"optimal"`` (stationary point of the dual, integration error bars below the
+        tolerance: the certificate's numbers are right to those bars), ``"boundary"`` (dual
+        maximised on the domain boundary: the primal optimum is not attained and the target
+        does not meet the constraint), ``"infeasible"`` (the dual is unbounded: no distribution
+        meets the levels; only when that is certified), ``"max_iter"`` (iteration cap, stalled,
+        or an unbounded-looking dual that is not certified) or ``"inaccurate"`` (the solver
+        stopped but the integration error bars are above the tolerance: nothing is certified;
+        the message says what to change).
     dual_value
         :math:`g(\lambda^\star)`.
     gradient

@@ -678,7 +678,8 @@ def test_missing_diffusers_names_the_extra():
         "from dualdiff.adapters import DiffusersScoreModel\n"
     )
     assert res.returncode != 0
-    assert "ImportError" in res.stderr and "pip install 'dualdiff[diffusers]'" in res.stderr
+    hint = "pip install 'dualdiff-unlearning[diffusers]'"
+    assert "ImportError" in res.stderr and hint in res.stderr
 
 
 # ---------------------------------------------------------------------- dualdiff's own tools

@@ -5,7 +5,8 @@ Every adapter turns a back-end's network and noise schedule into the one convent
 :class:`~dualdiff.models.NoiseSchedule`. Adapters live behind optional extras and are imported
 lazily: ``import dualdiff`` (and ``import dualdiff.adapters``) never imports a back-end.
 
-* :mod:`dualdiff.adapters.diffusers` (extra ``[diffusers]``: ``pip install dualdiff[diffusers]``)
+* :mod:`dualdiff.adapters.diffusers` (extra ``[diffusers]``:
+  ``pip install 'dualdiff-unlearning[diffusers]'``)
   -- :class:`~dualdiff.adapters.diffusers.DiffusersScoreModel` (a HuggingFace diffusers
   ``UNet2DModel`` / ``UNet2DConditionModel`` plus its scheduler) and
   :class:`~dualdiff.adapters.diffusers.DiffusersSchedule` (a scheduler's ``alphas_cumprod`` as a

@@ -49,8 +49,9 @@ when enabled: :math:`\hat\varepsilon \leftarrow (x_t - \alpha_t\,\mathrm{clip}(\
 (what DDIM does). Clipping makes the field piecewise and not the gradient of a log-density; turn
 it off (``clip_sample=False``) for likelihoods and score-matching losses.
 
-This module needs the ``[diffusers]`` extra (``pip install dualdiff[diffusers]``: diffusers and,
-for LoRA, peft); ``import dualdiff`` never imports it.
+This module needs the ``[diffusers]`` extra
+(``pip install 'dualdiff-unlearning[diffusers]'``: diffusers and, for LoRA, peft);
+``import dualdiff`` never imports it.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ from ..models.parametrization import (
     x0_to_eps,
 )
 
-_EXTRA_HINT = "install the extra with: pip install 'dualdiff[diffusers]'"
+_EXTRA_HINT = "install the extra with: pip install 'dualdiff-unlearning[diffusers]'"
 
 try:
     import diffusers

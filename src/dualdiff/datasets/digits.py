@@ -77,7 +77,8 @@ def _import_sklearn(owner: str) -> Any:
         import sklearn.model_selection
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            f"{owner} needs scikit-learn: install the extra with `pip install dualdiff[digits]`"
+            f"{owner} needs scikit-learn: install the extra with "
+            "`pip install 'dualdiff-unlearning[digits]'`"
         ) from exc
     return sklearn
 

@@ -66,7 +66,8 @@ def _diffusers(owner: str) -> Any:
         import diffusers
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            f"{owner} needs diffusers: install the extra with `pip install dualdiff[digits]`"
+            f"{owner} needs diffusers: install the extra with "
+            "`pip install 'dualdiff-unlearning[digits]'`"
         ) from exc
     return diffusers
 

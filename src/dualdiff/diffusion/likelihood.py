@@ -19,14 +19,16 @@ Monte Carlo estimators return an :class:`Estimate` ``(value, stderr, n)``. All c
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Literal, NamedTuple, get_args, overload
 
 import torch
 
-from .._validation import check_choice, check_finite, check_positive
+from .._errors import DataScaleWarning
+from .._validation import check_choice, check_finite, check_int, check_positive
 from ..models.interface import check_score_model, predict_eps, resolve_schedule
 from ..models.parametrization import clamp_time
-from ..models.protocol import Density, ScoreModel
+from ..models.protocol import Density, ScoreModel, model_dtype
 from ..models.schedule import NoiseSchedule
 
 __all__ = [
@@ -99,10 +101,60 @@ def _check_batch(x: Any, name: str, owner: str) -> torch.Tensor:
     return check_finite(x, name, owner)
 
 
+def _check_model_dtype(model: Any, x: torch.Tensor, name: str, owner: str) -> None:
+    """Raise ``TypeError`` if a module-backed model's dtype differs from the data's."""
+    md = model_dtype(model, parameters_only=True)
+    if md is not None and md != x.dtype:
+        raise TypeError(
+            f"{owner}: parameter '{name}' has dtype {x.dtype} but the model's parameters are "
+            f"{md}; convert one of them, e.g. {name}.to({md}) or model.to({x.dtype})"
+        )
+
+
+#: Largest terminal signal-to-noise ratio :math:`\alpha_T\,\mathrm{rms}(x_0)/\sigma_T`
+#: before :class:`~dualdiff.DataScaleWarning`: above 0.1 the prior's KL to the terminal
+#: marginal exceeds ~0.005 nats per dimension (:math:`r^2/2`).
+SCALE_RATIO_WARNING = 0.1
+
+
+def warn_if_far_from_schedule(x0: torch.Tensor, schedule: Any, owner: str) -> float:
+    r"""Warn when ``x0`` is far from the schedule's scale; returns the terminal ratio.
+
+    The ratio is :math:`r = lpha_T\,\mathrm{rms}(x_0)/\sigma_T`: the standard deviation of the
+    data's remaining signal at :math:`T` relative to the prior's. Likelihoods assume
+    :math:`r pprox 0` (the prior is the terminal marginal); a :class:`~dualdiff.DataScaleWarning`
+    is issued when :math:`r >` :data:`SCALE_RATIO_WARNING`.
+
+    Parameters
+    ----------
+    x0
+        Data ``(n, *event)``.
+    schedule
+        The model's noise schedule.
+    owner
+        Function name for the message.
+    """
+    t_max = torch.tensor(float(schedule.t_max), dtype=torch.float64)
+    alpha = float(_coef(schedule.alpha, t_max, torch.float64))
+    sigma = float(_coef(schedule.sigma, t_max, torch.float64))
+    rms = float(x0.detach().to(torch.float64).pow(2).mean().sqrt())
+    ratio = alpha * rms / sigma if sigma > 0 else math.inf
+    if ratio > SCALE_RATIO_WARNING:
+        warnings.warn(
+            f"{owner}: the data's root-mean-square {rms:.3g} is far from the noise schedule's "
+            f"scale: at t_max the remaining signal alpha_T*rms = {alpha * rms:.3g} is "
+            f"{ratio:.3g} x the prior's std sigma_T = {sigma:.3g} (warning above "
+            f"{SCALE_RATIO_WARNING}), so the prior N(0, sigma_T^2 I) is not the terminal "
+            "marginal and likelihoods are biased and samples too narrow. Standardise the data "
+            "(and train the model on it) or use a schedule whose terminal variance covers it",
+            DataScaleWarning,
+            stacklevel=3,
+        )
+    return ratio
+
+
 def _check_int(value: Any, name: str, owner: str, low: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{owner}: parameter '{name}' must be an int >= {low}, got {value!r}")
-    return value
+    return check_int(value, name, owner, low=low)
 
 
 def _coef(fn: Any, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -386,6 +438,7 @@ def ode_log_likelihood(
     owner = "ode_log_likelihood"
     check_score_model(model, "model", owner)
     x0 = _check_batch(x0, "x0", owner)
+    _check_model_dtype(model, x0, "x0", owner)
     check_choice(divergence, "divergence", owner, _DIVERGENCES)
     check_choice(method, "method", owner, ("dopri5", "dopri8", "bosh3", "adaptive_heun"))
     rtol = check_positive(rtol, "rtol", owner)
@@ -397,6 +450,8 @@ def ode_log_likelihood(
             f"{owner}: parameter 'prior' must have a log_prob(x) method, got "
             f"{type(prior).__name__}"
         )
+    if prior is None:
+        warn_if_far_from_schedule(x0, sched, owner)
     n = x0.shape[0]
     d = x0[0].numel()
     if divergence == "auto":
@@ -523,9 +578,11 @@ def elbo(
     owner = "elbo"
     check_score_model(model, "model", owner)
     x0 = _check_batch(x0, "x0", owner)
+    _check_model_dtype(model, x0, "x0", owner)
     n_t = _check_int(n_t, "n_t", owner)
     check_choice(time_sampling, "time_sampling", owner, _TIME_SAMPLINGS)
     sched = resolve_schedule(model, schedule, owner)
+    warn_if_far_from_schedule(x0, sched, owner)
     n, d = x0.shape[0], x0[0].numel()
     dtype, device = x0.dtype, x0.device
     shape = (n * n_t,) + (1,) * (x0.ndim - 1)
@@ -583,6 +640,8 @@ def path_kl_terms(
     check_score_model(model_a, "model_a", owner)
     check_score_model(model_b, "model_b", owner)
     x0 = _check_batch(x0, "x0", owner)
+    _check_model_dtype(model_a, x0, "x0", owner)
+    _check_model_dtype(model_b, x0, "x0", owner)
     n_t = _check_int(n_t, "n_t", owner)
     check_choice(time_sampling, "time_sampling", owner, _TIME_SAMPLINGS)
     sched = resolve_schedule(model_a, schedule, owner)

@@ -24,7 +24,7 @@ import torch
 from .._validation import check_choice, check_finite, check_positive
 from ..models.interface import check_score_model, resolve_schedule
 from ..models.parametrization import clamp_time
-from ..models.protocol import ScoreModel
+from ..models.protocol import ScoreModel, check_model_dtype, model_dtype
 from ..models.schedule import NoiseSchedule
 
 __all__ = [
@@ -154,7 +154,8 @@ def _progress(progress: bool, total: int | None, desc: str) -> Any:
         return None
     from tqdm.auto import tqdm  # local import: only needed with progress=True
 
-    return tqdm(total=total, desc=desc, leave=False)
+    # disable=None: tqdm's convention, no bar when stderr is not a terminal (logs, CI)
+    return tqdm(total=total, desc=desc, leave=False, disable=None)
 
 
 def _start(
@@ -165,9 +166,12 @@ def _start(
     dtype: torch.dtype | None,
     device: torch.device | str | None,
     owner: str,
+    model: Any = None,
 ) -> torch.Tensor:
-    if dtype is not None and not dtype.is_floating_point:
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"{owner}: parameter 'dtype' must be a floating dtype, got {dtype}")
+    if dtype is not None:
+        check_model_dtype(model, dtype, "dtype", owner)
     if x_init is not None:
         if not isinstance(x_init, torch.Tensor) or x_init.ndim < 2:
             raise ValueError(
@@ -175,12 +179,14 @@ def _start(
                 f"{getattr(x_init, 'shape', type(x_init).__name__)}"
             )
         check_finite(x_init, "x_init", owner)
+        if dtype is None:
+            check_model_dtype(model, x_init.dtype, "x_init", owner)
         return x_init.to(dtype=dtype or x_init.dtype, device=device or x_init.device)
     return prior_sample(
         _check_shape(shape, owner),
         schedule,
         generator=generator,
-        dtype=dtype or torch.float64,
+        dtype=dtype or model_dtype(model) or torch.float64,
         device=device,
     )
 
@@ -259,7 +265,8 @@ def sample_sde(
     generator
         Random generator for the prior draw and the Brownian increments.
     dtype
-        Dtype of the samples (default: float64, or that of ``x_init``).
+        Dtype of the samples (default: that of ``x_init``, else the model's parameters, else
+        float64 for analytic models).
     device
         Device of the samples (default: the CPU, or that of ``x_init``).
     cond
@@ -281,7 +288,7 @@ def sample_sde(
     check_score_model(model, "model", owner)
     sched = resolve_schedule(model, schedule, owner)
     steps = _check_steps(steps, owner)
-    x = _start(shape, x_init, sched, generator, dtype, device, owner)
+    x = _start(shape, x_init, sched, generator, dtype, device, owner, model)
     times = torch.linspace(float(sched.t_max), float(sched.t_min), steps + 1, dtype=x.dtype,
                            device=x.device)
     traj = [x] if return_trajectory else []
@@ -392,7 +399,8 @@ def sample_ode(
     generator
         Random generator for the prior draw (the ODE itself is deterministic).
     dtype
-        Dtype of the samples (default: float64, or that of ``x_init``).
+        Dtype of the samples (default: that of ``x_init``, else the model's parameters, else
+        float64 for analytic models).
     device
         Device of the samples (default: the CPU, or that of ``x_init``).
     cond
@@ -416,7 +424,7 @@ def sample_ode(
     atol = check_positive(atol, "atol", owner)
     sched = resolve_schedule(model, schedule, owner)
     steps = _check_steps(steps, owner)
-    x = _start(shape, x_init, sched, generator, dtype, device, owner)
+    x = _start(shape, x_init, sched, generator, dtype, device, owner, model)
     times = torch.linspace(float(sched.t_max), float(sched.t_min), steps + 1, dtype=x.dtype,
                            device=x.device)
     bar = _progress(progress, steps if method not in _ADAPTIVE else None, owner)

@@ -24,6 +24,7 @@ from .options import (
     PRIMALS,
     EngineConfigurationError,
     LowEffectiveSampleSizeWarning,
+    NonFiniteStepWarning,
     UnknownOptionError,
 )
 from .primal import (
@@ -56,6 +57,7 @@ __all__ = [
     "EveryEstimate",
     "LowEffectiveSampleSizeWarning",
     "NonFiniteStep",
+    "NonFiniteStepWarning",
     "PrimalBatch",
     "PrimalDualTrainer",
     "PrimalForm",

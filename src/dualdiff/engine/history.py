@@ -6,8 +6,9 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from os import PathLike
-from pathlib import Path
 from typing import Any
+
+from .._io import atomic_write_text
 
 __all__ = ["StepRecord", "TrainingHistory"]
 
@@ -151,8 +152,13 @@ class TrainingHistory:
         )
 
     def to_json(self, path: str | PathLike[str] | None = None, **kwargs: Any) -> str:
-        """JSON text of :meth:`to_dict`; also written to ``path`` when given."""
+        """Strict JSON text of :meth:`to_dict`; also written to ``path`` when given.
+
+        The file is written atomically (temporary file in the same folder, ``fsync``, rename:
+        :func:`dualdiff._io.atomic_write_text`), so an interrupted write keeps the previous
+        file. Non-finite floats are written as ``null``.
+        """
         text = json.dumps(self.to_dict(), allow_nan=False, **kwargs)
         if path is not None:
-            Path(path).write_text(text)
+            atomic_write_text(path, text)
         return text

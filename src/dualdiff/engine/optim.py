@@ -9,6 +9,7 @@ subclassing each Cooper optimiser and overriding ``primal_step`` /
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -89,19 +90,44 @@ class GuardedAlternatingDualPrimalOptimizer(_Guarded, AlternatingDualPrimalOptim
 
 
 class GuardedExtrapolationOptimizer(_Guarded, ExtrapolationConstrainedOptimizer):
-    """:class:`cooper.optim.ExtrapolationConstrainedOptimizer` with the pre-step guard."""
+    """:class:`cooper.optim.ExtrapolationConstrainedOptimizer` with the pre-step guard.
+
+    The optimisers' states (e.g. ``ExtraAdam``'s ``step``, ``exp_avg``, ``exp_avg_sq``) are
+    saved before each extrapolation half-step, so :meth:`restore_extrapolation` undoes both
+    the parameters and the optimiser states when the update half-step is skipped.
+    """
+
+    _saved_states: list[tuple[Any, dict[Any, Any]]]
+
+    def roll(self, *args: Any, **kwargs: Any) -> Any:
+        self._saved_states = []
+        return super().roll(*args, **kwargs)
+
+    def _save_states(self, opts: Iterable[Any]) -> None:
+        if not hasattr(self, "_saved_states"):
+            self._saved_states = []
+        for opt in opts:
+            self._saved_states.append(
+                (opt, {p: copy.deepcopy(st) for p, st in opt.state.items()})
+            )
 
     def primal_extrapolation_step(self) -> None:
         if self.guard is not None:
             self.guard()
+        self._save_states(self.primal_optimizers or [])
         super().primal_extrapolation_step()
 
     def dual_extrapolation_step(self) -> None:
         if self._has_dual_gradient():
+            self._save_states(self.dual_optimizers or [])
             super().dual_extrapolation_step()
 
     def restore_extrapolation(self) -> None:
-        """Undo a pending extrapolation (after a skipped second half-step)."""
+        """Undo a pending extrapolation (after a skipped second half-step).
+
+        Restores the parameters saved by the extrapolation and the optimiser states from
+        before it.
+        """
         opts: list[Any] = [*(self.primal_optimizers or []), *(self.dual_optimizers or [])]
         for opt in opts:
             copies = getattr(opt, "params_copy", None)
@@ -111,6 +137,23 @@ class GuardedExtrapolationOptimizer(_Guarded, ExtrapolationConstrainedOptimizer)
                     for p, saved in zip(params, copies, strict=True):
                         p.data = saved
                 opt.params_copy = []
+        for opt, state in getattr(self, "_saved_states", []):
+            opt.state.clear()
+            opt.state.update(state)
+        self._saved_states = []
+
+
+def _construct(
+    cls: Any, params: list[Any], lr: float, options: dict[str, Any], name: str, owner: str
+) -> torch.optim.Optimizer:
+    """``cls(params, lr=lr, **options)`` with torch's errors turned into ones naming ``name``."""
+    try:
+        return cls(params, lr=lr, **options)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, KeyError) as exc:
+        raise EngineConfigurationError(
+            f"{owner}: parameter '{name}'={options!r} is not accepted by {cls.__name__} "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
 
 
 _CLASSES: dict[str, type[ConstrainedOptimizer]] = {
@@ -181,9 +224,10 @@ def build_constrained_optimizer(
     else:
         name = resolve(primal_optimizer, "primal_optimizer", owner, PRIMAL_OPTIMIZERS)
         if name == "adam":
-            primal = (ExtraAdam if extra else torch.optim.Adam)(params, lr=primal_lr, **popts)
+            cls: Any = ExtraAdam if extra else torch.optim.Adam
         else:
-            primal = (_ExtraSGD if extra else torch.optim.SGD)(params, lr=primal_lr, **popts)
+            cls = _ExtraSGD if extra else torch.optim.SGD
+        primal = _construct(cls, params, primal_lr, popts, "primal_optimizer_options", owner)
     dual_params = list(cmp.dual_parameters())
     if dual_optimizer == "nupi":
         if extra:
@@ -192,10 +236,14 @@ def build_constrained_optimizer(
                 "optimizer='extragradient' (nuPI has no extrapolation step); use "
                 "dual_optimizer='sgd' or another optimizer"
             )
-        dual: torch.optim.Optimizer = nuPI(dual_params, lr=dual_lr, maximize=True, **dopts)
+        dual: torch.optim.Optimizer = _construct(
+            nuPI, dual_params, dual_lr, {"maximize": True, **dopts}, "dual_optimizer_options",
+            owner,
+        )
     else:
-        dual = (_ExtraSGD if extra else torch.optim.SGD)(
-            dual_params, lr=dual_lr, maximize=True, **dopts
+        dual = _construct(
+            _ExtraSGD if extra else torch.optim.SGD, dual_params, dual_lr,
+            {"maximize": True, **dopts}, "dual_optimizer_options", owner,
         )
     try:
         opt = _CLASSES[optimizer](cmp, primal_optimizers=primal, dual_optimizers=dual)

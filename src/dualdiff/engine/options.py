@@ -23,6 +23,7 @@ __all__ = [
     "EngineConfigurationError",
     "FormulationName",
     "LowEffectiveSampleSizeWarning",
+    "NonFiniteStepWarning",
     "OptimizerName",
     "PrimalName",
     "PrimalOptimizerName",
@@ -59,6 +60,14 @@ class EngineConfigurationError(DualdiffError, ValueError):
     """Engine options that cannot work together, or a checkpoint of another configuration.
 
     E.g. a primal form for the wrong problem kind, or nuPI with the extragradient optimiser.
+    """
+
+
+class NonFiniteStepWarning(RuntimeWarning):
+    """A primal-dual step was skipped because a batch, loss, gradient or estimate was not finite.
+
+    Issued at the first skip of a run of consecutive skips; the trainer raises
+    :class:`~dualdiff.NonFiniteError` once ``max_skipped_steps`` steps in a row were skipped.
     """
 
 

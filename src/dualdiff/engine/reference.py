@@ -88,7 +88,7 @@ class TrainableGaussianMixture(nn.Module):
                 f"{owner}: parameter 'variances' must be a positive scalar or have shape "
                 f"{tuple(mu.shape)} with positive entries, got {var.tolist()}"
             )
-        learn = tuple(learn)
+        learn = (learn,) if isinstance(learn, str) else tuple(learn)  # "means" is one part
         for name in learn:
             if name not in _PARTS:
                 raise ValueError(

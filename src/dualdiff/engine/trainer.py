@@ -18,7 +18,8 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from os import PathLike
 from typing import Any
 
@@ -26,8 +27,9 @@ import torch
 from torch import nn
 
 from .._errors import NonFiniteError
-from .._validation import check_positive
+from .._validation import check_int, check_positive
 from ..duality import DualSolution
+from ..models.protocol import model_dtype
 from ..problems.contract import UnlearningProblem
 from ..problems.dual_domain import DualDomainProjection
 from .cmp import NonFiniteStep, UnlearningCMP
@@ -39,6 +41,7 @@ from .options import (
     FORMULATIONS,
     PRIMALS,
     LowEffectiveSampleSizeWarning,
+    NonFiniteStepWarning,
     resolve,
 )
 from .primal import DataSampler, PrimalForm, TargetCache, make_primal_form
@@ -105,11 +108,87 @@ def initial_multipliers(problem: Any, init: Any, projection: DualDomainProjectio
 
 
 def _int(value: Any, name: str, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    return check_int(value, name, "PrimalDualTrainer", low=low)
+
+
+@contextmanager
+def _as_trainer_error(renames: dict[str, str]) -> Iterator[None]:
+    """Re-raise a helper's typed error as the trainer's, with the trainer's parameter names.
+
+    ``DualDomainProjection: parameter 'margin' ...`` becomes ``PrimalDualTrainer: parameter
+    'domain_margin' ... (from DualDomainProjection)``; the exception class is kept.
+    """
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        msg = str(exc)
+        helper, sep, rest = msg.partition(": ")
+        if not sep or helper.startswith("PrimalDualTrainer"):
+            raise
+        for old, new in renames.items():
+            rest = rest.replace(f"'{old}'", f"'{new}'")
+        try:
+            err = type(exc)(f"PrimalDualTrainer: {rest} (from {helper})")
+        except Exception:
+            raise exc from None
+        raise err from None
+
+
+def _check_model_dim(problem: Any, model: Any, owner: str) -> None:
+    """Score two points of the problem's event shape; refuse a model of another dimension.
+
+    Without it a d=2 model on a d=1 problem is accepted and fails at the first estimate with
+    a shape error from deep inside torch. The event shape is ``problem.event_shape`` when the
+    problem knows it, else ``(problem.dim,)``; nothing is checked when neither is known.
+    """
+    try:
+        event = tuple(int(v) for v in problem.event_shape)
+    except Exception:
+        d = getattr(problem, "dim", None)
+        if not isinstance(d, int) or isinstance(d, bool):
+            return
+        event = (d,)
+    dtype = model_dtype(model) or torch.float64
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    x = torch.zeros(2, *event, dtype=dtype, device=device)
+    shape = f"(2, {', '.join(map(str, event))})"
+    try:
+        with torch.no_grad():
+            out = model.score(x, 0.5)
+    except (RuntimeError, ValueError, IndexError) as exc:
         raise ValueError(
-            f"PrimalDualTrainer: parameter '{name}' must be an int >= {low}, got {value!r}"
+            f"{owner}: the model cannot score points of the problem's event shape {event} "
+            f"with score(x, t) on x of shape {shape}: {type(exc).__name__}: "
+            f"{str(exc)[:200]}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x.shape):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"{owner}: the model's score(x, t) on x of shape {shape} (the problem's event "
+            f"shape) returned {got}; it must return a tensor shaped like x"
         )
-    return value
+
+
+def _device(device: Any, owner: str) -> torch.device:
+    """``torch.device(device)`` or a ``ValueError`` naming the parameter; ``meta`` is refused."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{owner}: parameter 'device'={device!r} is not a torch device ({exc}); use e.g. "
+            "'cpu' or 'cuda:0'"
+        ) from None
+    if dev.type == "meta":
+        raise ValueError(
+            f"{owner}: parameter 'device'={device!r}: the meta device holds no data and cannot "
+            "train; use e.g. 'cpu' or 'cuda:0'"
+        )
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"{owner}: parameter 'device'={device!r} but CUDA is not available on this machine"
+        )
+    return dev
 
 
 class PrimalDualTrainer:
@@ -196,6 +275,10 @@ class PrimalDualTrainer:
         Seed of the trainer's own generator (batches, noise, estimates).
     device
         Device of batches and multipliers (default: the model's).
+    max_skipped_steps
+        Stop with :class:`~dualdiff.NonFiniteError` once this many consecutive steps were
+        skipped as non-finite (a :class:`~dualdiff.engine.NonFiniteStepWarning` is issued at
+        the first skip of such a run); ``None`` never stops.
 
     Attributes
     ----------
@@ -226,7 +309,13 @@ class PrimalDualTrainer:
     -----
     A step whose batch, loss, gradient or estimate is not finite is skipped: no parameter is
     updated, the multipliers are restored, and the reason is recorded in
-    :attr:`history` (``history.skipped``). With ``optimizer="alternating"`` the dual
+    :attr:`history` (``history.skipped``). The first skip after a good step warns
+    (:class:`~dualdiff.engine.NonFiniteStepWarning`); ``max_skipped_steps`` skips in a row raise
+    :class:`~dualdiff.NonFiniteError` (a run that cannot make progress stops loudly). An
+    exception other than a non-finite value raised by a custom ``estimator`` callable (or a
+    data sampler) is not caught: it propagates out of :meth:`step` / :meth:`fit` unchanged,
+    after which the trainer is in the state before the failed step only for the
+    multipliers; reload a checkpoint to continue. With ``optimizer="alternating"`` the dual
     estimate comes after the primal step; if only it fails, the primal step stands and the
     record says the dual step was skipped.
 
@@ -270,6 +359,7 @@ class PrimalDualTrainer:
         callbacks: Sequence[Callback] = (),
         seed: int = 0,
         device: torch.device | str | None = None,
+        max_skipped_steps: int | None = 10,
     ) -> None:
         owner = "PrimalDualTrainer"
         check_problem(problem, owner)
@@ -283,6 +373,7 @@ class PrimalDualTrainer:
         self.problem = problem
         self.model = model
         self.module = _state_module(model)
+        _check_model_dim(problem, model, owner)
         self._params = [p for p in model.parameters() if p.requires_grad]
         if not self._params:
             raise ValueError(f"{owner}: the model has no trainable parameters")
@@ -298,17 +389,23 @@ class PrimalDualTrainer:
         self.grad_clip = (
             None if grad_clip is None else check_positive(grad_clip, "grad_clip", owner)
         )
-        self.ess_warning = float(ess_warning)
+        self.ess_warning = check_positive(ess_warning, "ess_warning", owner, strict=False)
         if not 0.0 <= self.ess_warning <= 1.0:
             raise ValueError(
                 f"{owner}: parameter 'ess_warning' must be in [0, 1], got {ess_warning}"
             )
         self.seed = _int(seed, "seed", 0)
-        self.device = torch.device(device) if device is not None else self._params[0].device
+        self.max_skipped_steps = (
+            None if max_skipped_steps is None else _int(max_skipped_steps, "max_skipped_steps", 1)
+        )
+        self.device = _device(device, owner) if device is not None else self._params[0].device
         self.callbacks = list(callbacks)
         for cb in self.callbacks:
             if not callable(cb):
-                raise TypeError(f"{owner}: every callback must be callable, got {cb!r}")
+                raise TypeError(
+                    f"{owner}: parameter 'callbacks' must hold callables "
+                    f"callback(trainer, record), got {cb!r}"
+                )
 
         if pretrained_data is None:
             pretrained_data = problem.pretrained_sampler()
@@ -324,15 +421,27 @@ class PrimalDualTrainer:
             )
         unlearn_data = unlearn  # type: ignore[assignment]
         self.targets = TargetCache(problem)
-        self.form: PrimalForm = make_primal_form(
-            self.primal_name,
-            problem,
-            self.targets,
-            pretrained_data,
-            unlearn,
-            **(primal_options or {}),
-        )
+        try:
+            self.form: PrimalForm = make_primal_form(
+                self.primal_name,
+                problem,
+                self.targets,
+                pretrained_data,
+                unlearn,
+                **(primal_options or {}),
+            )
+        except TypeError as exc:  # an unknown keyword of the primal form
+            raise TypeError(
+                f"{owner}: parameter 'primal_options'={primal_options!r} is not accepted by "
+                f"primal={self.primal_name!r} ({exc})"
+            ) from None
+        if not isinstance(estimate_objective, bool):
+            raise TypeError(
+                f"{owner}: parameter 'estimate_objective' must be True or False, got "
+                f"{estimate_objective!r}"
+            )
         if isinstance(estimator, str):
+            resolve(estimator, "estimator", owner, ("auto", "exact", "ode"))
             self.estimator: Callable[..., Any] = ConstraintEstimator(
                 problem,
                 method=estimator,  # type: ignore[arg-type]
@@ -346,23 +455,27 @@ class PrimalDualTrainer:
                 f"{owner}: parameter 'estimator' must be 'auto', 'exact', 'ode' or a callable "
                 f"fn(model, generator), got {estimator!r}"
             )
-        self.projection = DualDomainProjection(problem, margin=domain_margin, lam_max=lam_max)
-        init_multipliers = initial_multipliers(problem, init_multipliers, self.projection)
+        with _as_trainer_error({"margin": "domain_margin"}):
+            self.projection = DualDomainProjection(
+                problem, margin=domain_margin, lam_max=lam_max
+            )
+            init_multipliers = initial_multipliers(problem, init_multipliers, self.projection)
         self.penalty = (
             self.dual_lr if penalty is None else check_positive(penalty, "penalty", owner)
         )
-        self.cmp = UnlearningCMP(
-            problem,
-            model,
-            self.form,
-            self.estimator,
-            self.projection,
-            formulation=self.formulation_name,
-            penalty=self.penalty,
-            init_multipliers=init_multipliers,
-            device=self.device,
-            dual_rule=self.dual_rule,
-        )
+        with _as_trainer_error({}):
+            self.cmp = UnlearningCMP(
+                problem,
+                model,
+                self.form,
+                self.estimator,
+                self.projection,
+                formulation=self.formulation_name,
+                penalty=self.penalty,
+                init_multipliers=init_multipliers,
+                device=self.device,
+                dual_rule=self.dual_rule,
+            )
         self.generator = torch.Generator().manual_seed(self.seed)
         self.cmp.generator = self.generator
         self.constrained_optimizer = build_constrained_optimizer(
@@ -385,6 +498,8 @@ class PrimalDualTrainer:
         self._primal_applied = False
         self._ess_key: tuple[float, ...] | None = None
         self._ess_low = False
+        self._consecutive_skips = 0
+        self._estimate_failing = False
 
     def __repr__(self) -> str:
         return (
@@ -519,7 +634,45 @@ class PrimalDualTrainer:
             record.dual_reason = self.dual_rule.last_reason
         self.history.records.append(record)
         self._check_population_ess(k)
+        self._count_skip(record, due)
         return record
+
+    def _count_skip(self, record: StepRecord, due: bool) -> None:
+        """Warn at the first of consecutive skipped steps; raise after ``max_skipped_steps``.
+
+        Skipped steps are counted until a step succeeds; while the estimates fail, successful
+        steps between two estimation steps do not reset the count (the dual cannot move).
+        """
+        if record.skipped is None:
+            if due or not self._estimate_failing:
+                self._consecutive_skips = 0
+                self._estimate_failing = False
+            return
+        self._estimate_failing = self._estimate_failing or due
+        self._consecutive_skips += 1
+        n, limit = self._consecutive_skips, self.max_skipped_steps
+        if n == 1:
+            msg = (
+                f"PrimalDualTrainer: step {record.step} was skipped: {record.skipped}. "
+                + (
+                    "max_skipped_steps=None: the trainer does not stop on skipped steps."
+                    if limit is None
+                    else f"The trainer stops after {limit} skipped steps in a row "
+                    "(max_skipped_steps)."
+                )
+            )
+            warnings.warn(msg, NonFiniteStepWarning, stacklevel=_user_stacklevel())
+            self.history.warnings.append(msg)
+        if limit is not None and n >= limit:
+            recent = [r.skipped for r in self.history.records[-n:] if r.skipped]
+            reasons = list(dict.fromkeys(recent))[:3]
+            raise NonFiniteError(
+                f"PrimalDualTrainer: {n} steps in a row (the last at step {record.step}) were "
+                f"skipped as non-finite, max_skipped_steps={limit}; the run cannot make "
+                f"progress. Reasons: {'; '.join(reasons)}. Check the model's "
+                "parameters (trainer.module), the data samplers, the estimator and the step "
+                "sizes; the history (trainer.history.skipped) lists every skip"
+            )
 
     def _check_population_ess(self, step: int) -> None:
         """Record (and warn about) the population ESS of each new reweighting.
@@ -565,7 +718,8 @@ class PrimalDualTrainer:
         steps
             Number of steps.
         progress
-            Show a tqdm progress bar with the loss and the multipliers.
+            Show a tqdm progress bar with the loss and the multipliers when stderr is a
+            terminal (tqdm's ``disable=None`` convention: nothing is written into logs).
 
         Returns
         -------
@@ -575,7 +729,9 @@ class PrimalDualTrainer:
         steps = _int(steps, "steps", 0)
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc="primal-dual", disable=not progress, leave=False)
+        # disable=None: tqdm's convention, no bar when stderr is not a terminal (logs, CI)
+        bar = tqdm(total=steps, desc="primal-dual", disable=None if progress else True,
+                   leave=False)
         try:
             for _ in range(steps):
                 record = self.step()
@@ -603,8 +759,35 @@ class PrimalDualTrainer:
 
         save_checkpoint(self, path)
 
-    def load_checkpoint(self, path: str | PathLike[str]) -> None:
-        """Restore a checkpoint written by :meth:`save_checkpoint` into this trainer."""
+    def load_checkpoint(
+        self, path: str | PathLike[str], *, override_settings: bool = False
+    ) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` into this trainer.
+
+        All or nothing: the file is validated (readable, same problem and settings, finite
+        values, multipliers in the dual domain) before anything is applied; see
+        :func:`~dualdiff.engine.checkpoint.load_checkpoint` for ``override_settings``.
+        """
         from .checkpoint import load_checkpoint
 
-        load_checkpoint(self, path)
+        load_checkpoint(self, path, override_settings=override_settings)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The complete state (model, optimisers, multipliers, history, RNGs) as a dictionary.
+
+        For users who checkpoint with their own tools; :meth:`load_state_dict` restores it.
+        The dictionary holds copies (tensors and plain containers, safe for
+        ``torch.save``/``torch.load(weights_only=True)``).
+        """
+        from .checkpoint import trainer_state
+
+        return trainer_state(self)
+
+    def load_state_dict(self, state: dict[str, Any], *, override_settings: bool = False) -> None:
+        """Restore a :meth:`state_dict` into this trainer (all or nothing).
+
+        See :meth:`load_checkpoint` for the checks and ``override_settings``.
+        """
+        from .checkpoint import load_trainer_state
+
+        load_trainer_state(self, state, override_settings=override_settings)

@@ -20,7 +20,6 @@ view, the forget set draws of component 0, the likelihood a small classifier. It
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -29,11 +28,12 @@ from typing import Any
 
 import torch
 
-from .._validation import check_choice
+from .._validation import check_choice, check_int
 from ..datasets.ring import ring_mixture
 from ..datasets.ring_classifier import exact_log_posterior
 from ..engine import ConstraintEstimator, PrimalDualTrainer
 from ..problems import AnalyticProblem, KLConstrainedProblem, LikelihoodConstrainedProblem
+from .report import begin_report, finish_report, save_figure, tolerance_statement, verdict
 from .ring_networks import ODE_TOL, RingNetworks, make_network_problem, warm_start_rule
 
 __all__ = ["DemoConfig", "make_problem", "run_demo", "run_problem"]
@@ -195,8 +195,13 @@ def run_problem(
     seed: int = 0,
     progress: bool = True,
     nets: RingNetworks | None = None,
+    report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run one problem; returns its report entry (also writes its figures when possible)."""
+    """Run one problem; returns its report entry (also writes its figures when possible).
+
+    Figures are written atomically and recorded in ``report["outputs"]`` when ``report`` is
+    given (see :mod:`dualdiff.experiments.report`).
+    """
     t0 = time.perf_counter()
     output.mkdir(parents=True, exist_ok=True)
     ref, c_p0 = make_problem(cfg.kind, cfg.delta, likelihood="classifier")
@@ -346,7 +351,7 @@ def run_problem(
         ],
     }
     entry["wall_time_s"] = time.perf_counter() - t0
-    _figures(entry, ref, sol, nets.pretrained, model, output, seed, cfg.figure_samples)
+    _figures(entry, ref, sol, nets.pretrained, model, output, seed, cfg.figure_samples, report)
     return entry
 
 
@@ -359,7 +364,9 @@ def _figures(
     output: Path,
     seed: int,
     n_samples: int,
+    report: dict[str, Any] | None = None,
 ) -> None:
+    """Sample plots (before/after over the densities) and trajectories, written atomically."""
     try:
         import matplotlib
 
@@ -367,7 +374,9 @@ def _figures(
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover - plot extra missing
         entry["figures"] = []
-        entry["figures_note"] = "matplotlib is not installed: pip install dualdiff[plot]"
+        entry["figures_note"] = (
+            "matplotlib is not installed: pip install 'dualdiff-unlearning[plot]'"
+        )
         return
     from ..diffusion.sampling import sample_ode
 
@@ -382,30 +391,40 @@ def _figures(
     pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
     dens = torch.exp(sol.target.log_prob(pts)).reshape(200, 200)
     dens0 = torch.exp(prob.pretrained.log_prob(pts)).reshape(200, 200)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8), sharex=True, sharey=True)
-    for ax, smp, title, d in (
-        (axes[0], before, "pretrained model samples / p0 density", dens0),
-        (axes[1], after, f"fine-tuned model samples / closed-form {kind} target", dens),
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharex=True, sharey=True)
+    mu = prob.unlearn[0].means[0].tolist()
+    for ax, smp, title, d, dlabel in (
+        (axes[0], before, "pretrained model: samples over the p0 density", dens0,
+         "p0 density"),
+        (axes[1], after, f"fine-tuned model: samples over the closed-form {kind} target",
+         dens, f"{kind} target density"),
     ):
-        ax.contour(xx.numpy(), yy.numpy(), d.numpy(), levels=8, cmap="viridis", linewidths=0.8)
+        cs = ax.contour(xx.numpy(), yy.numpy(), d.numpy(), levels=8, cmap="viridis",
+                        linewidths=0.8)
+        fig.colorbar(cs, ax=ax, shrink=0.85, label=dlabel)
         s = smp.detach().cpu().numpy()
-        ax.scatter(s[:, 0], s[:, 1], s=2, alpha=0.35, color="tab:red")
-        mu = prob.unlearn[0].means[0].tolist()
-        ax.scatter([mu[0]], [mu[1]], marker="x", s=80, color="black", label="forgotten component")
+        ax.scatter(s[:, 0], s[:, 1], s=2, alpha=0.35, color="tab:red",
+                   label=f"model samples (n={len(s)}, ODE)")
+        ax.scatter([mu[0]], [mu[1]], marker="x", s=80, color="black",
+                   label="forgotten component (mean)")
         ax.set_title(title, fontsize=9)
+        ax.set_xlabel("x1")
+        ax.set_ylabel("x2")
         ax.set_aspect("equal")
-    axes[0].legend(loc="upper right", fontsize=8)
+        ax.legend(loc="upper right", fontsize=7, markerscale=2)
     fig.tight_layout()
-    samples_png = output / f"{kind}_samples.png"
-    fig.savefig(samples_png, dpi=110)
+    samples_png = save_figure(fig, output / f"{kind}_samples.png", report, dpi=110)
     plt.close(fig)
 
     hist = entry["history"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    unit = "E[log q] (nats)" if kind == "LU" else "KL (nats)"
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.9))
     axes[0].plot(hist["step"], [m[0] for m in hist["multipliers"]], label="trained")
-    axes[0].axhline(entry["multipliers_closed_form"][0], color="k", ls="--", label="closed form")
+    axes[0].axhline(entry["multipliers_closed_form"][0], color="k", ls="--",
+                    label="closed form lam*")
     axes[0].set_xlabel("primal step")
-    axes[0].set_ylabel("multiplier")
+    axes[0].set_ylabel("multiplier lam (dimensionless)")
+    axes[0].set_title("dual variable", fontsize=9)
     axes[0].legend(fontsize=8)
     est = hist["estimates"]
     steps = [e["step"] for e in est]
@@ -414,17 +433,32 @@ def _figures(
     axes[1].errorbar(steps, vals, yerr=errs, fmt="o-", ms=3, label="ODE estimate ± se")
     axes[1].axhline(entry["bounds"][0], color="k", ls="--", label="level")
     axes[1].set_xlabel("primal step")
-    axes[1].set_ylabel("constraint value")
+    axes[1].set_ylabel(f"constraint value, {unit}")
+    axes[1].set_title("constraint", fontsize=9)
     axes[1].legend(fontsize=8)
+    names = ["pretrained model", "fine-tuned model"]
+    fvals = [entry["objective_pretrained_model"], entry["objective_trained"]]
+    ferrs = [0.0, entry["objective_stderr_trained"]]
+    axes[2].errorbar([0, 1], fvals, yerr=ferrs, fmt="o", ms=6, capsize=4,
+                     label="ODE estimate ± se")
+    axes[2].axhline(entry["dual_optimum"], color="k", ls="--", label="P* = D* (closed form)")
+    axes[2].set_xticks([0, 1], names)
+    axes[2].set_xlim(-0.5, 1.5)
+    axes[2].set_ylabel("objective f, KL (nats)")
+    axes[2].set_title("objective vs the optimum", fontsize=9)
+    axes[2].legend(fontsize=8)
     fig.suptitle(f"{kind}: primal-dual trajectories", fontsize=10)
     fig.tight_layout()
-    traj_png = output / f"{kind}_trajectories.png"
-    fig.savefig(traj_png, dpi=110)
+    traj_png = save_figure(fig, output / f"{kind}_trajectories.png", report, dpi=110)
     plt.close(fig)
     entry["figures"] = [samples_png.name, traj_png.name]
 
 
 TOLERANCES = {"multipliers": 0.10, "constraints": 0.10, "objective": 0.25}
+
+
+#: File names the demo writes (stale ones are removed before a run).
+OWNED_PATTERNS = ("RU_*.png", "FU_*.png", "LU_*.png")
 
 
 def run_demo(
@@ -439,53 +473,75 @@ def run_demo(
     """Run the demo for ``problems`` and write ``output/report.json`` (+ PNG figures).
 
     ``steps`` and ``overrides`` (any :class:`DemoConfig` field) replace the defaults of every
-    run (e.g. a short smoke run in the tests).
+    run (e.g. a short smoke run in the tests). Repeated problems run once.
 
-    Returns the report; ``report["passed"]`` says whether every run met the accuracy targets
-    (trained and estimated multipliers and constraint values within 10%, objective within 25%
-    of the optimum).
+    The output folder is claimed first (:func:`~dualdiff.experiments.report.begin_report`: a
+    report marked ``"incomplete"`` with the arguments, seed and versions; stale figures of an
+    earlier run removed), figures are written atomically, and the final report replaces the
+    incomplete one atomically as strict JSON.
+
+    Returns the report; ``report["passed"]`` says whether every run's verdict
+    (:func:`~dualdiff.experiments.report.verdict`: trained multipliers and constraint values
+    within 10%, objective within 25% of the optimum, estimated slack and duality gap not below
+    -3 standard errors; and the estimated multipliers within 10%) is ``ok``;
+    ``report["verdict"]`` states the tolerances.
     """
+    owner = "run_demo"
+    seed = check_int(seed, "seed", owner, low=0)
+    if steps is not None:
+        steps = check_int(steps, "steps", owner, low=1)
+    if isinstance(problems, str):
+        problems = (problems,)
+    for kind in problems:
+        check_choice(kind, "problems", owner, list(DEFAULTS))
+    problems = tuple(dict.fromkeys(problems))
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    report = begin_report(
+        out,
+        experiment="dualdiff demo",
+        arguments={"problems": list(problems), "seed": seed, "steps": steps,
+                   "overrides": dict(overrides or {})},
+        seed=seed,
+        owned_patterns=OWNED_PATTERNS,
+    )
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     t0 = time.perf_counter()
     runs = []
     nets: RingNetworks | None = None
     for kind in problems:
-        check_choice(kind, "problems", "run_demo", list(DEFAULTS))
         changes = dict(overrides or {})
         if steps is not None:
             changes["steps"] = steps
         cfg = DemoConfig(**{**asdict(DEFAULTS[kind]), **changes})
         if nets is None or nets.pool.shape[0] != cfg.pool_size:
             nets = RingNetworks.load(FORGET, cfg.pool_size, seed)
-        runs.append(run_problem(cfg, out, seed=seed, progress=progress, nets=nets))
-    checks = []
-    for r in runs:
-        rel = r["relative_errors"]
-        ok = (
-            max(rel["multipliers"]) <= TOLERANCES["multipliers"]
-            and max(rel["constraints"]) <= TOLERANCES["constraints"]
-            and rel["objective"] <= TOLERANCES["objective"]
-            and max(rel.get("multipliers_estimated", [0.0])) <= TOLERANCES["multipliers"]
+        runs.append(
+            run_problem(cfg, out, seed=seed, progress=progress, nets=nets, report=report)
         )
-        r["passed"] = ok
-        checks.append(ok)
-    report = {
+    for r in runs:
+        v = verdict(r["relative_errors"], TOLERANCES, r["certificate"])
+        est = r["relative_errors"].get("multipliers_estimated")
+        if est is not None:
+            value, tol = max(est), TOLERANCES["multipliers"]
+            ok = math.isfinite(value) and value <= tol
+            v["checks"].append({
+                "name": "multipliers_estimated", "value": value, "tolerance": tol,
+                "rule": "max relative error of the estimate_dual multipliers vs the closed form",
+                "ok": ok,
+            })
+            if not ok:
+                v["failed"].append("multipliers_estimated")
+                v["passed"], v["label"] = False, "MISSED"
+        r["verdict"] = v
+        r["passed"] = v["passed"]
+    report.update({
         "runs": runs,
         "tolerances": TOLERANCES,
-        "passed": all(checks),
+        "verdict": tolerance_statement(TOLERANCES),
+        "passed": all(r["passed"] for r in runs),
         "wall_time_s": time.perf_counter() - t0,
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=_json_default))
+    })
+    finish_report(out, report)
     return report
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -223,7 +223,7 @@ class GaussianMixture:
                 f"GaussianMixture.{method}: parameter 'x' must have shape (..., {self.dim}), "
                 f"got {tuple(x.shape)}"
             )
-        return x
+        return check_finite(x, "x", f"GaussianMixture.{method}")
 
     def component_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         r"""Per-component :math:`\log w_k + \log\mathcal N(x;\mu_k,\Sigma_k)`, ``(..., K)``."""

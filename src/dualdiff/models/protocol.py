@@ -6,7 +6,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Density", "SampleableDensity", "ScoreModel"]
+__all__ = ["Density", "SampleableDensity", "ScoreModel", "check_model_dtype", "model_dtype"]
 
 
 @runtime_checkable
@@ -42,3 +42,41 @@ class ScoreModel(Protocol):
     ) -> torch.Tensor:
         """Score of the noised marginal at time ``t``; same shape as ``x``."""
         ...
+
+
+def model_dtype(model: Any, *, parameters_only: bool = False) -> torch.dtype | None:
+    """Floating dtype of a score model (``None`` when it states none).
+
+    Looks at ``model.dtype`` (unless ``parameters_only``), then ``model.parameters()``, then a
+    wrapped ``model.model`` / ``model.module`` (e.g. :class:`~dualdiff.models.Conditioned`
+    over a module). With ``parameters_only`` only module-backed models (whose layers fix the
+    input dtype) report one.
+    """
+    seen: set[int] = set()
+    obj: Any = model
+    while obj is not None and id(obj) not in seen:
+        seen.add(id(obj))
+        dt = getattr(obj, "dtype", None)
+        if not parameters_only and isinstance(dt, torch.dtype) and dt.is_floating_point:
+            return dt
+        params = getattr(obj, "parameters", None)
+        if callable(params):
+            try:
+                for p in params():
+                    if isinstance(p, torch.Tensor) and p.is_floating_point():
+                        return p.dtype
+            except TypeError:
+                pass
+        obj = getattr(obj, "model", None) or getattr(obj, "module", None)
+    return None
+
+
+def check_model_dtype(model: Any, dtype: torch.dtype, name: str, owner: str) -> None:
+    """Raise ``TypeError`` if a module-backed model's parameters are not of ``dtype``."""
+    md = model_dtype(model, parameters_only=True)
+    if md is not None and md != dtype:
+        raise TypeError(
+            f"{owner}: parameter '{name}' is {dtype} but the model's parameters are {md}; "
+            f"use {name}={md} (the default follows the model) or convert the model with "
+            f"model.to({dtype})"
+        )

@@ -8,6 +8,7 @@ exact densities).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,13 @@ from ..duality import Certificate, DualEval, DualSolution, maximize_dual
 from ..integration import GridQuadrature, IntegrationRule, MonteCarlo, resolve_integration
 from ..models.gaussian_mixture import GaussianMixture
 from ..targets import Target
+from ._certify import (
+    check_solver_options,
+    feasibility,
+    independent_grid,
+    integration_issue,
+)
+from ._gaussian_tilt import TiltedMixture
 from .contract import ConstraintEstimate, DataSampler, UnlearningProblem
 from .dual_domain import DualDomain
 
@@ -35,6 +43,15 @@ def _as_mixture(obj: Any, name: str, owner: str) -> GaussianMixture:
             f"needs exact densities), got {type(obj).__name__}"
         )
     return obj.to(_DTYPE)
+
+
+def _finite_scalar(value: Any, name: str, owner: str) -> float:
+    """A finite real scalar (strings and NaN refused) or a typed error naming ``name``."""
+    t = as_tensor(value, name, owner, dtype=_DTYPE)
+    if t.numel() != 1:
+        raise ValueError(f"{owner}: parameter '{name}' must be a scalar, got shape "
+                         f"{tuple(t.shape)}")
+    return float(t)
 
 
 class AnalyticProblem(UnlearningProblem):
@@ -80,6 +97,8 @@ class AnalyticProblem(UnlearningProblem):
         self.integration = resolve_integration(integration, d, owner)
         self._rule: IntegrationRule | None = None
         self._tables: dict[str, torch.Tensor] | None = None
+        #: Extra mixtures the automatic grid must cover (where tilted targets put mass).
+        self._cover: list[GaussianMixture] = []
         self._validate_bounds()
 
     # ----------------------------------------------------------------- basic facts
@@ -190,8 +209,88 @@ class AnalyticProblem(UnlearningProblem):
     def rule(self) -> IntegrationRule:
         """The prepared integration rule (built on first use and cached)."""
         if self._rule is None:
-            self._rule = self.integration.prepare([self.pretrained, *self.unlearn])
+            self._rule = self.integration.prepare([self.pretrained, *self.unlearn, *self._cover])
         return self._rule
+
+    # ----------------------------------------------------------------- rules that follow
+    def _envelope(self, lam: torch.Tensor) -> TiltedMixture | None:
+        """Gaussian upper bound of the unnormalised target at ``lam`` (``None`` if unknown)."""
+        return None
+
+    #: Whether oracle calls may rebuild the rule to follow the target: only inside
+    #: :meth:`solve_dual` and on the private copies of :meth:`_accurate_at`, so that every other
+    #: evaluation (engine, certificates) is a deterministic function of the problem's state.
+    _following: bool = False
+
+    def _follows(self) -> bool:
+        grid = self.integration
+        return (
+            isinstance(grid, GridQuadrature)
+            and grid.points_per_dim is None
+            and grid.bounds is None
+        )
+
+    def _box(self) -> tuple[torch.Tensor, torch.Tensor]:
+        pts = self.rule.points
+        return pts.min(0).values, pts.max(0).values
+
+    def _follow(self, lam: torch.Tensor) -> None:
+        r"""Make an automatic grid cover and resolve the target's mass at ``lam``.
+
+        The envelope's components carrying mass (above :math:`10^{-20}` of the total) must lie
+        inside the box with ``extent`` standard deviations to spare and be resolved by the
+        spacing; otherwise they are added to the covered mixtures and the rule is rebuilt
+        (the box only grows, so a solve rebuilds a few times at most).
+        """
+        if not (self._following and self._follows()):
+            return
+        env = self._envelope(lam)
+        if env is None:
+            return
+        keep = env.log_masses > env.log_mass - 46.0
+        means, covs = env.means[keep], env.covariances[keep]
+        grid = self.integration
+        assert isinstance(grid, GridQuadrature)
+        std = torch.sqrt(torch.diagonal(covs, dim1=-2, dim2=-1))
+        need_lo = (means - grid.extent * std).min(0).values
+        need_hi = (means + grid.extent * std).max(0).values
+        lo, hi = self._box()
+        covered = bool((need_lo >= lo).all()) and bool((need_hi <= hi).all())
+        n = self.rule.points_per_dim
+        spacing = float(((hi - lo) / max(n - 1, 1)).max())
+        min_std = float(torch.linalg.eigvalsh(covs).min().clamp_min(0).sqrt())
+        cap = int(grid.max_points ** (1.0 / self.dim))
+        resolved = spacing <= min_std / grid.resolution * 1.05 or n >= cap - 1
+        if covered and resolved:
+            return
+        w = torch.softmax(env.log_masses[keep], 0)
+        # a new list: copies made by _accurate_at must not share it
+        self._cover = [*self._cover, GaussianMixture(w, means, covs)]
+        if len(self._cover) > 8:  # merge, keep the union
+            merged = self._cover
+            self._cover = [
+                GaussianMixture(
+                    torch.cat([c.weights for c in merged]),
+                    torch.cat([c.means for c in merged]),
+                    torch.cat([c.covariances for c in merged]),
+                )
+            ]
+        self._reset_rule()
+
+    def _tail_fraction(self, lam: torch.Tensor, log_z_box: float) -> float:
+        r"""Bound on the fraction of the target's mass outside the grid's box at ``lam``.
+
+        :math:`\varepsilon = T/Z_{\text{box}}`, ``T`` the envelope's mass outside the box
+        (0 for Monte Carlo or when there is no envelope).
+        """
+        if self.rule.method != "grid":
+            return 0.0
+        env = self._envelope(lam)
+        if env is None:
+            return 0.0
+        lo, hi = self._box()
+        log_t = env.log_outside_mass(lo, hi)
+        return math.exp(min(log_t - log_z_box, 700.0))
 
     @property
     def tables(self) -> dict[str, torch.Tensor]:
@@ -270,8 +369,23 @@ class AnalyticProblem(UnlearningProblem):
         raise NotImplementedError
 
     def dual(self, lam: Any) -> float:
-        r"""Dual function :math:`g(\lambda)` (float64); ``lam`` has shape ``(m,)``."""
-        return self._oracle(self._check_multipliers(lam, "dual")).value
+        r"""Dual function :math:`g(\lambda)` (float64); ``lam`` has shape ``(m,)``.
+
+        Evaluated in closed form where one exists, else on a rule refined until accurate at
+        ``lam`` (as :meth:`target`); its error bar is :meth:`dual_with_error`'s second value.
+        """
+        return self.dual_with_error(lam)[0]
+
+    def dual_with_error(self, lam: Any) -> tuple[float, float]:
+        r""":math:`g(\lambda)` and its error bar (integration error, truncation included).
+
+        :math:`g(\lambda) - \text{err}` is a lower bound on the optimum :math:`P^\star`
+        (weak duality) up to the integration error's own reliability (exact for closed forms
+        and grids; a standard error for Monte Carlo).
+        """
+        lam_t = self._check_multipliers(lam, "dual")
+        ev = self._accurate_at(lam_t)._oracle(lam_t)
+        return ev.value, ev.value_err
 
     def dual_gradient(self, lam: Any) -> torch.Tensor:
         """Danskin gradient of the dual: the target's constraint violations, ``(m,)``."""
@@ -309,6 +423,7 @@ class AnalyticProblem(UnlearningProblem):
             if finer is None or prob._grid_accurate(lam, rtol):
                 break
             prob = copy.copy(prob)
+            prob._following = True
             prob._set_integration(finer)
         return prob
 
@@ -398,7 +513,13 @@ class AnalyticProblem(UnlearningProblem):
             Label of the estimation method (reported in the certificate).
         """
         lam_t = self._check_multipliers(lam, "certificate_from_estimates")
-        c = torch.as_tensor(constraint_values, dtype=_DTYPE).reshape(-1)
+        owner = f"{self._owner}.certificate_from_estimates"
+        objective = _finite_scalar(objective, "objective", owner)
+        objective_error = _finite_scalar(objective_error, "objective_error", owner)
+        if objective_error < 0:
+            raise ValueError(f"{owner}: parameter 'objective_error' must be >= 0, got "
+                             f"{objective_error}")
+        c = as_tensor(constraint_values, "constraint_values", owner, dtype=_DTYPE).reshape(-1)
         if c.numel() != self.m:
             raise ValueError(
                 f"{self._owner}.certificate_from_estimates: parameter 'constraint_values' must "
@@ -407,7 +528,7 @@ class AnalyticProblem(UnlearningProblem):
         ce = (
             torch.zeros_like(c)
             if constraint_errors is None
-            else torch.as_tensor(constraint_errors, dtype=_DTYPE).reshape(-1)
+            else as_tensor(constraint_errors, "constraint_errors", owner, dtype=_DTYPE).reshape(-1)
         )
         return self._certify(
             lam_t, float(objective), float(objective_error), c, ce, method, status, math.nan
@@ -423,11 +544,13 @@ class AnalyticProblem(UnlearningProblem):
         method: str,
         status: str | None,
         mass: float,
+        ev: DualEval | None = None,
     ) -> Certificate:
-        ev = self._oracle(lam_t)
+        ev = self._oracle(lam_t) if ev is None else ev
         slack = self._slack(c)
-        tol = 3 * ce + 1e-9
-        feasible = bool((slack >= -tol).all())
+        feasible = feasibility(slack, ce, self.bounds)
+        if status is None:
+            status = {True: "feasible", False: "infeasible", None: "unknown"}[feasible]
         return Certificate(
             primal_value=f,
             dual_value=ev.value,
@@ -435,7 +558,7 @@ class AnalyticProblem(UnlearningProblem):
             constraint_values=c,
             slack=slack,
             feasible=feasible,
-            status=status or ("feasible" if feasible else "infeasible"),
+            status=status,
             multipliers=lam_t,
             method=method,
             primal_error=fe,
@@ -446,12 +569,30 @@ class AnalyticProblem(UnlearningProblem):
             normalisation=mass,
         )
 
+    def _independent_mass(self, candidate: Any) -> float:
+        r""":math:`\int p` of a candidate on a grid independent of the problem's rule (grids)."""
+        grid = independent_grid(self.integration, self.rule)
+        if grid is None:
+            return math.nan
+        rule = grid.prepare([self.pretrained, *self.unlearn, *self._cover])
+        x = rule.points
+        with torch.no_grad():
+            lp = candidate.log_prob(x.to(getattr(candidate, "dtype", x.dtype))).to(_DTYPE)
+        return float(rule.integral(torch.exp(lp))[0])
+
+    def _exact_certificate(self, lam: torch.Tensor, status: str) -> Certificate | None:
+        """Certificate of the closed-form target from closed forms (``None`` if none)."""
+        return None
+
     # ----------------------------------------------------------------- solve
     #: Attributes cached per integration rule (cleared when the grid is refined).
     _RULE_CACHES: tuple[str, ...] = ()
 
     def _set_integration(self, integration: GridQuadrature | MonteCarlo) -> None:
         self.integration = integration
+        self._reset_rule()
+
+    def _reset_rule(self) -> None:
         self._rule = None
         self._tables = None
         self.__dict__.pop("_target_cache", None)
@@ -465,37 +606,150 @@ class AnalyticProblem(UnlearningProblem):
         max_iter: int = 100,
         refine: bool = True,
         rtol_integration: float = 1e-9,
+        atol_integration: float | None = None,
     ) -> DualSolution:
         """Maximise the concave dual over its domain and certify the closed-form target.
 
         Parameters
         ----------
         gtol
-            Tolerance on the projected Danskin gradient (nats).
+            Tolerance on the projected Danskin gradient (nats), finite and ``>= 0``.
         max_iter
-            Iteration cap.
+            Iteration cap, an int ``>= 1``.
         refine
             Automatic grids only: when the dual's or the gradient's quadrature error bar at the
             solution exceeds ``rtol_integration * (1 + |g|)`` (a target whose tails leave the box,
-            or sharper than the spacing), rebuild a wider, finer grid and solve again (at most
-            three times).
+            or sharper than the spacing), rebuild a wider, finer grid that also covers the
+            target's mass and solve again (at most three times; every solve is checked).
         rtol_integration
             See ``refine``.
+        atol_integration
+            Largest integration error bar, relative to ``1 + |value|``, of the dual value and of
+            each constraint value for which the status may be ``"optimal"``; above it the status
+            is ``"inaccurate"`` and the message says what to change. Default ``1e-6`` for
+            closed forms and grids, ``1e-2`` for Monte Carlo (a standard error).
 
         Returns
         -------
         DualSolution
         """
+        check_solver_options(gtol, max_iter, rtol_integration, atol_integration, self._owner)
+        if atol_integration is None:
+            atol_integration = 1e-2 if self.integration.method == "monte_carlo" else 1e-6
+        self._following = True
+        try:
+            return self._solve_dual(gtol, max_iter, refine, rtol_integration, atol_integration)
+        finally:
+            self._following = False
+
+    def _solve_dual(
+        self, gtol: float, max_iter: int, refine: bool, rtol_integration: float, atol: float
+    ) -> DualSolution:
+        sol = self._solve_once(gtol, max_iter)
         for _ in range(3):
-            sol = self._solve_once(gtol, max_iter)
+            if not refine or self._grid_accurate(sol.multipliers, rtol_integration):
+                break
             grid = self.integration
             finer = grid.refined() if isinstance(grid, GridQuadrature) else None
-            if not refine or finer is None:
-                return sol
-            if self._grid_accurate(sol.multipliers, rtol_integration):
-                return sol
+            if finer is None:
+                break
+            before = self.rule.points_per_dim, self.rule.n_points
             self._set_integration(finer)
-        return self._solve_once(gtol, max_iter)
+            self._follow_target(sol)
+            if self.rule.points_per_dim <= before[0] and self.rule.n_points <= before[1]:
+                break  # the point cap binds: a rebuild would not be finer
+            sol = self._solve_once(gtol, max_iter)
+        return self._finalise(sol, atol)
+
+    def _follow_target(self, sol: DualSolution) -> None:
+        """Cover a Gaussian moment-matched to the target's mass (generic targets)."""
+        if not self._follows() or sol.status == "infeasible":
+            return
+        try:
+            lp = self.rule_log_prob(sol.target)
+        except (ValueError, RuntimeError):
+            return
+        x = self.rule.points
+        p = torch.softmax(lp + self.rule.log_weights, 0)
+        mean = p @ x
+        cov = torch.einsum("n,ni,nj->ij", p, x - mean, x - mean)
+        cov = 0.5 * (cov + cov.T) + 1e-12 * torch.eye(self.dim, dtype=_DTYPE)
+        if bool(torch.isfinite(cov).all()) and float(torch.linalg.eigvalsh(cov).min()) > 0:
+            g = GaussianMixture(torch.ones(1, dtype=_DTYPE), mean[None], cov[None])
+            self._cover = [*self._cover, g]
+            self._reset_rule()
+
+    def rule_log_prob(self, candidate: Any) -> torch.Tensor:
+        """A candidate's ``log_prob`` on the rule's points ``(N,)`` (float64, checked)."""
+        return self._candidate_log_prob(candidate)
+
+    def _finalise(self, sol: DualSolution, atol: float) -> DualSolution:
+        """Honest status: ``inaccurate`` when the integration error is large, domain checked."""
+        lam = sol.multipliers
+        if not self.in_domain(lam):
+            back, lo = self._pull_back(lam)
+            new = self._solve_at(back, "boundary", sol)
+            new.message = (
+                f"{sol.message}; the solver's multipliers {lam.tolist()} failed the full "
+                f"dual-domain check and were pulled back to the boundary (factor {lo:.12g})"
+            )
+            sol = new
+            lam = sol.multipliers
+        if sol.status == "optimal" and sol.certificate.feasible is not True:
+            sol.message += (
+                "; status 'optimal' demoted: the solver stopped (rounding-level progress) with "
+                f"the target's slack {sol.certificate.slack.tolist()} not certified feasible"
+            )
+            sol.status = "inaccurate"
+            sol.certificate = dataclasses.replace(sol.certificate, status="inaccurate")
+            return sol
+        if sol.status in ("optimal", "boundary", "max_iter"):
+            ev = self._oracle(lam)
+            why = integration_issue(ev, self.bounds, atol, self.integration, sol.status)
+            if why is not None:
+                sol.message = f"{sol.message}; status {sol.status!r} demoted: {why}"
+                sol.status = "inaccurate"
+                sol.certificate = dataclasses.replace(sol.certificate, status="inaccurate")
+        return sol
+
+    def _pull_back(self, lam: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Largest ``s lam`` (``s`` in [0, 1]) passing the full domain check, by bisection."""
+        lo, hi = 0.0, 1.0
+        for k in range(9, 0, -1):  # bracket geometrically: the failure is usually marginal
+            s = 1.0 - 10.0 ** (-k)
+            if self._in_domain(s * lam)[0]:
+                lo = s
+                break
+            hi = s
+        while hi - lo > 1e-10 * hi:
+            mid = 0.5 * (lo + hi)
+            if self._in_domain(mid * lam)[0]:
+                lo = mid
+            else:
+                hi = mid
+        back = lo * lam
+        for _ in range(40):  # a point the full check accepts (rounding at the margin)
+            if self._in_domain(back)[0]:
+                break
+            back = back * (1.0 - 1e-6)
+        return back, lo
+
+    def _solve_at(self, lam: torch.Tensor, status: str, like: DualSolution) -> DualSolution:
+        """A solution at given multipliers (target and certificate rebuilt), else as ``like``."""
+        ev = self._oracle(lam)
+        target = self._target(lam)
+        cert = self._exact_certificate(lam, status)
+        if cert is None:
+            cert = self.certificate(target, lam, status=status)
+        return dataclasses.replace(
+            like,
+            multipliers=lam,
+            target=target,
+            certificate=cert,
+            status=status,
+            dual_value=ev.value,
+            gradient=ev.grad,
+        )
 
     def _solve_once(self, gtol: float, max_iter: int) -> DualSolution:
         upper, closed = self._domain_upper()
@@ -508,13 +762,33 @@ class AnalyticProblem(UnlearningProblem):
             self.m,
             upper=upper,
             upper_closed=closed,
-            in_domain=lambda v: self._in_domain(v)[0],
+            in_domain=self._in_domain_search,
             gtol=gtol,
             max_iter=max_iter,
+            infeasible_at=self._infeasible_at(),
         )
+        if bool((lam > 0).any()) and not self._in_domain(lam)[0]:
+            lam, factor = self._pull_back(lam)
+            status = "boundary"
+            msg += (
+                "; the solver's point failed the full dual-domain check (its line search "
+                f"screens on the rule's points) and was pulled back by the factor {factor:.12g}"
+            )
+        if status == "infeasible" and not self._certified_infeasible():
+            status = "max_iter"
+            msg = (
+                "the dual kept increasing up to very large multipliers, but infeasibility of the "
+                "levels is not certified; " + msg
+            )
         ev = self._oracle(lam)
+        self._follow(lam)  # the rule covers the returned target (for its certificates)
         target = self._target(lam)
-        cert = self.certificate(target, lam, status=status)
+        cert = self._exact_certificate(lam, status)
+        if cert is None:
+            cert = self.certificate(target, lam, status=status)
+            mass = self._independent_mass(target)
+            if math.isfinite(mass):
+                cert = dataclasses.replace(cert, normalisation=mass)
         if status == "boundary":
             msg += (
                 "; the closed-form target at the boundary does not meet every constraint level "
@@ -533,6 +807,18 @@ class AnalyticProblem(UnlearningProblem):
             history=hist,
             domain=self.domain_info(),
         )
+
+    def _in_domain_search(self, lam: torch.Tensor) -> bool:
+        """Domain test used inside the solver's line searches (may be a cheaper screen)."""
+        return self._in_domain(lam)[0]
+
+    def _infeasible_at(self) -> float:
+        """Multiplier size beyond which an increasing dual is called unbounded."""
+        return 1e8
+
+    def _certified_infeasible(self) -> bool:
+        """Whether an ``infeasible`` verdict of the solver is certified (subclass hook)."""
+        return True
 
     def __repr__(self) -> str:
         return (

@@ -82,13 +82,17 @@ def project_capped_box(lam: torch.Tensor, upper: torch.Tensor, cap: float) -> to
     mid = 0.5 * (points[k - 1] + points[k])
     free = [i for i in range(m) if lv[i] - uv[i] < mid < lv[i]]
     at_upper = [i for i in range(m) if mid <= lv[i] - uv[i]]
-    rest = cap - sum(uv[i] for i in at_upper)
-    mean_free = sum(lv[i] for i in free) / len(free)
-    res = [0.0] * m
-    for i in at_upper:
-        res[i] = uv[i]
-    for i in free:
-        res[i] = min(max((lv[i] - mean_free) + rest / len(free), 0.0), uv[i])
+    res = [min(max(li - mid, 0.0), ui) for li, ui in zip(lv, uv, strict=True)]
+    if free:
+        rest = cap - sum(uv[i] for i in at_upper)
+        mean_free = sum(lv[i] for i in free) / len(free)
+        for i in free:
+            res[i] = min(max((lv[i] - mean_free) + rest / len(free), 0.0), uv[i])
+    # else: S is flat on the segment (rounding of lam_i - u_i put the crossing there), so every
+    # tau in it solves S(tau) = cap up to rounding; the clip at its midpoint is the projection.
+    total_res = sum(res)
+    if total_res > cap > 0:  # rounding: never return a point outside the capped box
+        res = [r * (cap / total_res) for r in res]
     return torch.tensor(res, dtype=lam.dtype, device=lam.device)
 
 

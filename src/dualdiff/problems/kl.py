@@ -28,23 +28,38 @@ import torch
 from .._validation import check_choice
 from ..domain import (
     RatioInfimum,
+    combined_ratio_max,
     directions,
     log_tilt_in_domain,
     log_tilt_upper_bounds,
     ratio_infimum,
     tilt_bound,
 )
-from ..duality import DualEval
+from ..duality import Certificate, DualEval
 from ..integration import GridQuadrature, MonteCarlo
 from ..models.gaussian_mixture import GaussianMixture
 from ..targets import GeometricTarget, SignedMixtureTarget
 from ..targets._atoms import Atoms, signed_log_sum
 from ..targets.potentials import LogLikelihood
 from ._estimates import estimate_forward, estimate_on_model_samples
+from ._gaussian_tilt import (
+    TiltedMixture,
+    gaussian_log_quadratic,
+    is_single_gaussian,
+    quadratic_moments,
+    tilted_envelope,
+    tilted_mixture,
+)
 from .base import AnalyticProblem
 from .contract import ConstraintEstimate, DensityEstimator
 
 __all__ = ["ForwardKLProblem", "KLConstrainedProblem", "ReverseKLProblem"]
+
+#: FU with m >= 2: lam is in the domain when max log(sum lam_i q_i / p0) <= tol, the rounding
+#: level of the log-ratio (points on the box bounds lam_i = lam_max_i give exactly 0).
+_FU_DOMAIN_ROUNDING = 1e-12
+#: Local search for the FU domain only when the table's maximum log-ratio is above -2 nats.
+_FU_SEARCH_BELOW = 2.0
 
 
 def _xlogy_terms(p_log: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -104,6 +119,12 @@ class KLConstrainedProblem(AnalyticProblem):
             check_choice(direction, "direction", "KLConstrainedProblem", ["reverse", "forward"])
             pretrained = args[0] if args else kwargs.get("pretrained")
             if pretrained is not None and not isinstance(pretrained, GaussianMixture):
+                if not callable(getattr(pretrained, "score", None)):
+                    raise TypeError(
+                        "KLConstrainedProblem: parameter 'pretrained' must be a "
+                        "GaussianMixture (closed form) or a score model with score(x, t), got "
+                        f"{type(pretrained).__name__} {pretrained!r:.60}"
+                    )
                 from .model_level import ModelForwardKLProblem, ModelReverseKLProblem
 
                 # registered virtual subclasses, which type.__call__ does not initialise
@@ -228,7 +249,61 @@ class ReverseKLProblem(KLConstrainedProblem):
         t = self.tables
         return beta * (t["log_p0"] - lam @ t["log_q"]), beta
 
+    @property
+    def closed_form(self) -> bool:
+        """Whether the dual and the target are exact (single-Gaussian ``p0`` and ``q_i``)."""
+        return is_single_gaussian(self.pretrained) and all(
+            is_single_gaussian(q) for q in self.unlearn
+        )
+
+    def _exact(self, lam: torch.Tensor) -> TiltedMixture | None:
+        r"""The exact Gaussian target (precision :math:`\beta(P_0-\sum_i\lambda_iP_i)`)."""
+        if not self.closed_form:
+            return None
+        beta = 1.0 / (1.0 - float(lam.sum()))
+        return tilted_mixture(self.pretrained, self.unlearn, (beta * lam).tolist(), beta)
+
+    def _envelope(self, lam: torch.Tensor) -> TiltedMixture | None:
+        beta = 1.0 / (1.0 - float(lam.sum()))
+        return tilted_envelope(self.pretrained, self.unlearn, (beta * lam).tolist(), beta)
+
+    def _exact_moments(
+        self, lam: torch.Tensor, mix: TiltedMixture
+    ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
+        r"""``(E[log p0, log q_1..m], Cov, E[log u], M)`` under the exact target.
+
+        ``M`` ``(m, m+1)`` maps ``(log p0, log q)`` to :math:`f_i = \log u - \log q_i`.
+        """
+        k0 = int(torch.nonzero(self.pretrained.weights > 0)[0])
+        quads = [
+            gaussian_log_quadratic(self.pretrained.means[k0], self.pretrained.covariances[k0])
+        ]
+        quads += [gaussian_log_quadratic(q.means[0], q.covariances[0]) for q in self.unlearn]
+        mean, cov = quadratic_moments(mix, quads)
+        beta = 1.0 / (1.0 - float(lam.sum()))
+        coef = torch.cat([torch.tensor([beta], dtype=torch.float64), -beta * lam])
+        e_log_u = float(coef @ mean)
+        M = coef.expand(self.m, -1).clone()
+        M[:, 1:] -= torch.eye(self.m, dtype=torch.float64)
+        return mean, cov, e_log_u, M
+
     def _oracle(self, lam: torch.Tensor) -> DualEval:
+        mix = self._exact(lam)
+        if mix is not None:
+            beta = 1.0 / (1.0 - float(lam.sum()))
+            lz = mix.log_mass
+            mean, cov, e_log_u, M = self._exact_moments(lam, mix)
+            kl = e_log_u - mean[1:] - lz
+            value = float(-(1 - lam.sum()) * lz + lam @ self.bounds)
+            eps = 1e-14
+            return DualEval(
+                value=value,
+                grad=self.bounds - kl,
+                hess=-beta * (M @ cov @ M.T),
+                value_err=eps * (1.0 + abs(value)),
+                grad_err=eps * (1.0 + kl.abs()),
+            )
+        self._follow(lam)
         rule, t = self.rule, self.tables
         log_u, beta = self._log_u(lam)
         log_z, log_z_err = rule.log_integral(log_u)
@@ -237,17 +312,22 @@ class ReverseKLProblem(KLConstrainedProblem):
         kl = ef - log_z
         value = float(-(1 - lam.sum()) * log_z + lam @ self.bounds)
         cov = _centred_cov(rule, log_u, f)
+        tail = self._tail_fraction(lam, float(log_z))
         return DualEval(
             value=value,
             grad=self.bounds - kl,
             hess=-beta * cov,
-            value_err=float((1 - lam.sum()) * log_z_err),
-            grad_err=ef_err + log_z_err,
+            value_err=float((1 - lam.sum()) * (log_z_err + math.log1p(tail))),
+            grad_err=ef_err + log_z_err + math.log1p(tail) + tail * (1.0 + ef.abs()),
         )
 
     def _target(self, lam: torch.Tensor) -> GeometricTarget:
-        log_u, beta = self._log_u(lam)
-        log_z, _ = self.rule.log_integral(log_u)
+        mix = self._exact(lam)
+        beta = 1.0 / (1.0 - float(lam.sum()))
+        if mix is not None:
+            log_z = mix.log_mass
+        else:
+            log_z = float(self.rule.log_integral(self._log_u(lam)[0])[0])
         return GeometricTarget(
             self.pretrained,
             [LogLikelihood(q) for q in self.unlearn],
@@ -255,6 +335,41 @@ class ReverseKLProblem(KLConstrainedProblem):
             power=beta,
             log_normalizer=float(log_z),
             multipliers=lam,
+        )
+
+    def target_mixture(self, lam: Any) -> GaussianMixture:
+        """The exact Gaussian target (closed-form case: single-Gaussian ``p0`` and ``q_i``)."""
+        lam_t = self._check_multipliers(lam, "target_mixture")
+        mix = self._exact(lam_t)
+        if mix is None:
+            raise ValueError(
+                "KLConstrainedProblem.target_mixture: the RU target is Gaussian only for a "
+                "single-Gaussian pretrained model and single-Gaussian unlearn distributions, "
+                f"got {self.pretrained.n_components} and "
+                f"{[q.n_components for q in self.unlearn]} components"
+            )
+        return mix.mixture()
+
+    def _exact_certificate(self, lam: torch.Tensor, status: str) -> Certificate | None:
+        mix = self._exact(lam)
+        if mix is None:
+            return None
+        mean, _, e_log_u, _ = self._exact_moments(lam, mix)
+        log_z = mix.log_mass
+        f = e_log_u - log_z - float(mean[0])  # KL(p_lam || p0)
+        c = e_log_u - mean[1:] - log_z  # KL(p_lam || q_i)
+        eps = 1e-14
+        mass = self._independent_mass(self._target(lam))
+        return self._certify(
+            lam,
+            f,
+            eps * (1.0 + abs(f)),
+            c,
+            eps * (1.0 + c.abs()),
+            "closed_form",
+            status,
+            mass if math.isfinite(mass) else float(mix.weights.sum()),
+            self._oracle(lam),
         )
 
     def _objective_and_constraints(
@@ -284,7 +399,15 @@ class ForwardKLProblem(KLConstrainedProblem):
 
     _lam_max: list[RatioInfimum] | None = None
     _domain_log_ratio: torch.Tensor | None = None
-    _RULE_CACHES = ("_lam_max", "_domain_log_ratio", "_neg_ent", "_mass_q")
+    _domain_pts: torch.Tensor | None = None
+    _RULE_CACHES = (
+        "_lam_max",
+        "_domain_log_ratio",
+        "_domain_pts",
+        "_neg_ent",
+        "_mass_q",
+        "_ratio_cache",
+    )
 
     @property
     def domain_description(self) -> str:  # noqa: D102
@@ -306,6 +429,7 @@ class ForwardKLProblem(KLConstrainedProblem):
             u = directions(self.dim, n_random=512)
             extra += [s * scale * u for s in (1.0, 2.0, 4.0)]
             pts = torch.cat([self.rule.points, *extra])
+            self._domain_pts = pts
             with torch.no_grad():
                 lp0 = self.pretrained.log_prob(pts)
                 lq = torch.stack([q.log_prob(pts) for q in self.unlearn])
@@ -323,12 +447,11 @@ class ForwardKLProblem(KLConstrainedProblem):
         pos = lam > 0
         if not bool(pos.any()):
             return True, ""
-        lr = self._domain_points_log_ratio()[pos] + torch.log(lam[pos])[:, None]
-        worst = float(torch.logsumexp(lr, 0).max())
-        if worst > 1e-12:
+        worst, where = self._combined_ratio_max(lam)
+        if worst > _FU_DOMAIN_ROUNDING:
             return False, (
                 "p0 - sum lam_i q_i < 0 somewhere (max of log(sum lam_i q_i/p0) = "
-                f"{worst:.6g} > 0)"
+                f"{worst:.6g} at x = {where.tolist()}, must be <= {_FU_DOMAIN_ROUNDING:g})"
             )
         return True, ""
 
@@ -358,6 +481,83 @@ class ForwardKLProblem(KLConstrainedProblem):
             estimate_objective=estimate_objective,
         )
 
+    def _in_domain_search(self, lam: torch.Tensor) -> bool:
+        # Line searches screen on the table only (fast); the returned multipliers get the
+        # full local-maximisation check in solve_dual and are pulled back if they fail it.
+        if self.m == 1 or not float(lam.sum()) < 1.0:
+            return self._in_domain(lam)[0]
+        pos = lam > 0
+        if not bool(pos.any()):
+            return True
+        lr = self._domain_points_log_ratio()[pos] + torch.log(lam[pos])[:, None]
+        return float(torch.logsumexp(lr, 0).max()) <= _FU_DOMAIN_ROUNDING
+
+    def _combined_ratio_max(self, lam: torch.Tensor) -> tuple[float, torch.Tensor]:
+        r""":math:`\max_x\log\sum_i\lambda_iq_i/p_0`: table maximum, then local maximisation.
+
+        Starts: the 8 largest table values (rule points, ``lam_max`` minimisers, far rays) and
+        every component mean of :math:`p_0` and of the :math:`q_i` with :math:`\lambda_i>0`.
+        Cached per ``lam``.
+        """
+        key = tuple(lam.tolist())
+        cache = self.__dict__.setdefault("_ratio_cache", {})
+        if key in cache:
+            return cache[key]
+        pos = lam > 0
+        lr = self._domain_points_log_ratio()[pos] + torch.log(lam[pos])[:, None]
+        comb = torch.logsumexp(lr, 0)
+        if float(comb.max()) > 0 or float(comb.max()) < -_FU_SEARCH_BELOW:
+            # outside on the table already, or far inside: between points of a grid that
+            # resolves every component the log-ratio cannot climb 2 nats (ratio 0.14 -> 1)
+            i = int(comb.argmax())
+            out = (float(comb[i]), self._domain_points()[i])
+        else:
+            pts = self._domain_points()
+            top = torch.topk(comb, min(8, comb.numel())).indices
+            means = [self.pretrained.means] + [
+                q.means for q, p in zip(self.unlearn, pos.tolist(), strict=True) if p
+            ]
+            starts = torch.cat([pts[top], *means])
+            out = combined_ratio_max(self.pretrained, self.unlearn, lam, starts)
+            out = max(out, (float(comb.max()), pts[int(comb.argmax())]), key=lambda t: t[0])
+        if len(cache) > 4096:
+            cache.clear()
+        cache[key] = out
+        return out
+
+    def _domain_points(self) -> torch.Tensor:
+        """The points of :meth:`_domain_points_log_ratio`, ``(M, d)``."""
+        self._domain_points_log_ratio()
+        assert self._domain_pts is not None
+        return self._domain_pts
+
+    def lam_max_along(self, direction: Any) -> float:
+        r"""Largest :math:`s` with :math:`s\,u` in the dual domain, ``u`` a direction ``(m,)``.
+
+        Bisection on :meth:`in_domain` (60 halvings) between 0 and the first of
+        :math:`\sum_i s u_i = 1` and the per-constraint bounds.
+        """
+        u = torch.as_tensor(direction, dtype=torch.float64).reshape(-1)
+        if u.numel() != self.m or bool((u < 0).any()) or not bool((u > 0).any()):
+            raise ValueError(
+                f"ForwardKLProblem.lam_max_along: parameter 'direction' must have m={self.m} "
+                f"non-negative entries, not all zero, got {u.tolist()}"
+            )
+        hi = 1.0 / float(u.sum())
+        for r, ui in zip(self.lam_max, u.tolist(), strict=True):
+            if ui > 0:
+                hi = min(hi, r.value / ui)
+        lo = 0.0
+        if self.in_domain(hi * u):
+            return hi
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            if self.in_domain(mid * u):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
     def _domain_upper(self) -> tuple[torch.Tensor, bool]:
         # lam_max is attained (closed bound) except at 1 (q_i = p0), where 1 - Lam > 0 is needed
         bounds = [min(r.value, 1.0 - 1e-9) for r in self.lam_max]
@@ -386,6 +586,14 @@ class ForwardKLProblem(KLConstrainedProblem):
             self._neg_ent = (a, ae, b, be)
         return self._neg_ent
 
+    def _entropy_point_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":math:`p_0\log p_0` ``(N,)`` and :math:`q_i\log q_i` ``(m, N)`` on the rule's points."""
+        t = self.tables
+        return (
+            _xlogy_terms(t["log_p0"], torch.zeros_like(t["log_p0"])),
+            _xlogy_terms(t["log_q"], torch.zeros_like(t["log_q"])),
+        )
+
     def _extra_tables(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"log_atoms": self.atoms.log_atoms(x)}
 
@@ -413,8 +621,14 @@ class ForwardKLProblem(KLConstrainedProblem):
         rule, t = self.rule, self.tables
         lam_sum = float(lam.sum())
         log_w = self._log_w(lam)
-        neg_h0, neg_h0_e, neg_hq, neg_hq_e = self._entropy_terms()
-        wlogw, wlogw_e = rule.integral(_xlogy_terms(log_w, torch.zeros_like(log_w)))
+        neg_h0, _, neg_hq, _ = self._entropy_terms()
+        w_terms = _xlogy_terms(log_w, torch.zeros_like(log_w))
+        wlogw, _ = rule.integral(w_terms)
+        # One error bar for the combined integrand p0 log p0 - sum lam q log q - w log w: the
+        # three integrals share their points and their errors largely cancel (summing the
+        # separate bars overstates a Monte Carlo standard error many times over).
+        p_terms, q_terms = self._entropy_point_terms()
+        _, value_err = rule.integral(p_terms - lam @ q_terms - w_terms)
         one_m = 1.0 - lam_sum
         value = float(
             neg_h0 - lam @ neg_hq - wlogw + one_m * math.log(one_m) + lam @ self.bounds
@@ -433,7 +647,7 @@ class ForwardKLProblem(KLConstrainedProblem):
             value=value,
             grad=self.bounds - kl + (mass_q - 1.0) * (1.0 + math.log(one_m)),
             hess=hess,
-            value_err=float(neg_h0_e + lam @ neg_hq_e + wlogw_e),
+            value_err=float(value_err),
             grad_err=kl_e,
         )
 

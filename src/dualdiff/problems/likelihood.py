@@ -12,6 +12,7 @@ The problem is convex (the constraint is linear in :math:`p`). The other reading
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -20,12 +21,20 @@ import torch
 from .._errors import IllPosedProblemError
 from .._validation import check_choice
 from ..domain import log_tilt_in_domain, log_tilt_upper_bounds, tilt_bound
-from ..duality import DualEval
+from ..duality import Certificate, DualEval
 from ..integration import GridQuadrature, MonteCarlo
 from ..models.gaussian_mixture import GaussianMixture
 from ..targets import GeometricTarget
 from ..targets.potentials import CallableLikelihood, DensityLikelihood, LogLikelihood, Potential
 from ._estimates import estimate_on_model_samples
+from ._gaussian_tilt import (
+    TiltedMixture,
+    gaussian_log_quadratic,
+    is_single_gaussian,
+    quadratic_moments,
+    tilted_envelope,
+    tilted_mixture,
+)
 from .base import AnalyticProblem
 from .contract import ConstraintEstimate, DensityEstimator
 from .kl import _centred_cov, reverse_kl_to_pretrained
@@ -181,22 +190,63 @@ class LikelihoodConstrainedProblem(AnalyticProblem):
         t = self.tables
         return t["log_p0"] - lam @ t["ell"]
 
+    @property
+    def closed_form(self) -> bool:
+        """Whether the dual and the target are exact (``likelihood="log"``, Gaussian ``q_i``)."""
+        return self.likelihood_name == "log" and all(is_single_gaussian(q) for q in self.unlearn)
+
+    def _exact(self, lam: torch.Tensor) -> TiltedMixture | None:
+        r"""The exact target mixture :math:`p_0\prod_i q_i^{-\lambda_i}` (``None`` if none)."""
+        if not self.closed_form:
+            return None
+        return tilted_mixture(self.pretrained, self.unlearn, lam.tolist(), 1.0)
+
+    def _envelope(self, lam: torch.Tensor) -> TiltedMixture | None:
+        if self.likelihood_name == "log":
+            return tilted_envelope(self.pretrained, self.unlearn, lam.tolist(), 1.0)
+        if self.likelihood_name == "density":  # exp(-lam q) <= 1: p0 bounds the target
+            return tilted_envelope(self.pretrained, [], [], 1.0)
+        return None
+
+    def _exact_moments(self, mix: TiltedMixture) -> tuple[torch.Tensor, torch.Tensor]:
+        quads = [gaussian_log_quadratic(q.means[0], q.covariances[0]) for q in self.unlearn]
+        return quadratic_moments(mix, quads)
+
     def _oracle(self, lam: torch.Tensor) -> DualEval:
+        mix = self._exact(lam)
+        if mix is not None:
+            lz = mix.log_mass
+            e_ell, cov = self._exact_moments(mix)
+            value = float(-lz - lam @ self.bounds)
+            eps = 1e-14
+            return DualEval(
+                value=value,
+                grad=e_ell - self.bounds,
+                hess=-cov,
+                value_err=eps * (1.0 + abs(value)),
+                grad_err=eps * (1.0 + e_ell.abs()),
+            )
+        self._follow(lam)
         rule, t = self.rule, self.tables
         log_u = self._log_u(lam)
         log_z, log_z_err = rule.log_integral(log_u)
         e_ell, e_err = rule.expectation(log_u, t["ell"])
         value = float(-log_z - lam @ self.bounds)
+        tail = self._tail_fraction(lam, float(log_z))
         return DualEval(
             value=value,
             grad=e_ell - self.bounds,
             hess=-_centred_cov(rule, log_u, t["ell"]),
-            value_err=float(log_z_err),
-            grad_err=e_err,
+            value_err=float(log_z_err) + math.log1p(tail),
+            grad_err=e_err + tail * (1.0 + e_ell.abs()),
         )
 
     def _target(self, lam: torch.Tensor) -> GeometricTarget:
-        log_z, _ = self.rule.log_integral(self._log_u(lam))
+        mix = self._exact(lam)
+        if mix is not None:
+            log_z = mix.log_mass
+        else:
+            log_z = float(self.rule.log_integral(self._log_u(lam))[0])
         return GeometricTarget(
             self.pretrained,
             self.potentials,
@@ -205,6 +255,56 @@ class LikelihoodConstrainedProblem(AnalyticProblem):
             log_normalizer=float(log_z),
             multipliers=lam,
         )
+
+    def target_mixture(self, lam: Any) -> GaussianMixture:
+        r"""The exact target as a :class:`~dualdiff.GaussianMixture` (closed-form case only).
+
+        Component :math:`k` of :math:`p_0\prod_i q_i^{-\lambda_i}` has precision
+        :math:`P_k-\sum_i\lambda_iP_i`; exact sampling and log-density in any dimension.
+        """
+        lam_t = self._check_multipliers(lam, "target_mixture")
+        mix = self._exact(lam_t)
+        if mix is None:
+            raise ValueError(
+                "LikelihoodConstrainedProblem.target_mixture: the target is a Gaussian mixture "
+                "only for likelihood='log' with single-Gaussian unlearn distributions, got "
+                f"likelihood={self.likelihood_name!r} and unlearn components "
+                f"{[q.n_components for q in self.unlearn]}"
+            )
+        return mix.mixture()
+
+    def _exact_certificate(self, lam: torch.Tensor, status: str) -> Certificate | None:
+        mix = self._exact(lam)
+        if mix is None:
+            return None
+        e_ell, _ = self._exact_moments(mix)
+        # KL(p_lam || p0) = E[log p_lam - log p0] = -lam . E[l] - log Z
+        f = float(-lam @ e_ell - mix.log_mass)
+        eps = 1e-14
+        ev = self._oracle(lam)
+        mass = self._independent_mass(self._target(lam))
+        return self._certify(
+            lam,
+            f,
+            eps * (1.0 + abs(f)),
+            e_ell,
+            eps * (1.0 + e_ell.abs()),
+            "closed_form",
+            status,
+            mass if math.isfinite(mass) else float(mix.weights.sum()),
+            ev,
+        )
+
+    def _infeasible_at(self) -> float:
+        return 1e8 if self._certified_infeasible() else math.inf
+
+    def _certified_infeasible(self) -> bool:
+        # l_i = q_i > 0 with inf q_i = 0 (far tails): every tau_i > 0 is attainable and
+        # tau_i <= 0 is not. l_i = log q_i -> -inf far away: every level is attainable. A
+        # callable's infimum is unknown: an increasing dual is never called infeasible.
+        if self.likelihood_name == "density":
+            return bool((self.bounds <= 0).any())
+        return False
 
     def _objective_and_constraints(
         self, log_p: torch.Tensor
