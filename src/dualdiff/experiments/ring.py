@@ -84,8 +84,9 @@ class DemoConfig:
     warm_start
         Start the multipliers at ``estimate_dual``'s (RU, LU; FU starts at 0).
     primal
-        The trainer's primal form (``"reweighted_dsm"`` for RU/LU, ``"composed"`` = the
-        signed denoising loss for FU).
+        The trainer's primal form; ``None`` (default) picks ``"reweighted_dsm"`` for RU/LU and
+        ``"composed"`` (the signed denoising loss, the only form of an empirical forget set)
+        for FU.
     pool_size
         Number of the pretrained network's samples (the pretrained data of every problem).
     forget_size
@@ -107,14 +108,14 @@ class DemoConfig:
     average_fraction: float = 0.4
     figure_samples: int = 2000
     warm_start: bool = True
-    primal: str = "reweighted_dsm"
+    primal: str | None = None
     pool_size: int = 8192
     forget_size: int = 1024
 
 
 DEFAULTS = {
     "RU": DemoConfig("RU", delta=32.0),
-    "FU": DemoConfig("FU", delta=2.0, steps=2000, estimate_every=40, primal="composed"),
+    "FU": DemoConfig("FU", delta=2.0, steps=2000, estimate_every=40),
     "LU": DemoConfig("LU", delta=32.0),
 }
 
@@ -233,7 +234,7 @@ def run_problem(
     trainer = PrimalDualTrainer(
         prob,
         model,
-        primal=cfg.primal,
+        primal=cfg.primal or ("composed" if cfg.kind == "FU" else "reweighted_dsm"),
         primal_lr=cfg.primal_lr,
         dual_lr=dual_lr,
         batch_size=cfg.batch_size,
