@@ -61,6 +61,23 @@ Setting (exact constraint values, so no estimator noise enters the comparison):
       C. "oracle": one fixed-weight run at the exact dual optimum lambda* (``solve_dual``) --
          what it costs to train once when the answer is known; charged its settle step.
 
+(d) Model-level primal-dual with the ``estimate_dual`` warm start (issue 8): the same RU
+    problem stated *without* densities -- ``ModelReverseKLProblem`` (what
+    ``KLConstrainedProblem`` builds for score models) with score-only views of p0 and q, a
+    fixed pool of ``--pool`` clean draws of p0 as the pretrained data and the log-ratios
+    log p0 - log q supplied as a callable (here the exact one: the implicit-classifier identity
+    with the mixture's own posterior, so that only the statement changes, not the values).
+    ``estimate_dual`` on the pool gives lambda_hat (with its standard error) and the curvature
+    |g_hat''(0)| before any training; ``PrimalDualTrainer`` starts at lambda_hat
+    (``init_multipliers=estimate``) with dual step 1/|g_hat''(0)| and the headline rule. The
+    primal step draws its batches from the pool (reweighted DSM with the estimated weights);
+    the same exact evaluations as (a) decide the entry step (they are the only use of the
+    closed form). The rule skips its first dual step
+    (``dualdiff.experiments.ring_networks.warm_start_rule``): that estimate is of the
+    pretrained model, and a step on it throws lambda away from the estimate (measured: to
+    ~2 lambda_hat, 80 steps to the band instead of 30). Reported next to (a): the entry step
+    and the ratio sweep A / model-level.
+
 Reported per level and seed: every run, totals and the ratios sweep / primal-dual; medians
 over seeds. The plot (seed 0) shows separation achieved KL(p||q) against deviation from p0
 KL(p||p0): the exact optimal trade-off curve p_lambda, the sweep's final points and the
@@ -68,8 +85,9 @@ primal-dual trajectory.
 
 Run:   python benchmarks/bench_one_run.py [--quick] [--seeds 0 1 2 3 4] [--deltas 10 30]
        [--dual-update settled|every] [--kappa 0.25] [--no-variants] [--no-plot]
+       [--pool 8192]
        (~6 min on one thread; --quick ~20 s)
-Writes benchmarks/results/bench_one_run.json and bench_one_run.png.
+Writes benchmarks/results/bench_one_run.json and .png (``--quick``: a temporary folder).
 """
 
 from __future__ import annotations
@@ -96,7 +114,9 @@ from dualdiff.engine import (
 )
 from dualdiff.engine import TrainableGaussianMixture as TGM
 from dualdiff.experiments.report import environment, results_location
+from dualdiff.experiments.ring_networks import warm_start_rule
 from dualdiff.experiments.runtime import format_table, limit_threads
+from dualdiff.problems.model_level import ModelReverseKLProblem
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 5.0
@@ -123,6 +143,23 @@ class Level:
         self.f_star = float(sol.certificate.primal_value)
         self.lam_newton = delta / self.h0
 
+    def model_level(self, pool_size: int, seed: int) -> tuple[ModelReverseKLProblem, Any]:
+        """The same problem stated with score-only models and its ``estimate_dual``."""
+        import torch
+
+        q = self.p0.component(0)
+        pool = self.p0.sample(pool_size, generator=torch.Generator().manual_seed(10_000 + seed))
+
+        def log_ratio(x: Any) -> Any:  # log p0 - log q = log p(0) - log p(0 | x)
+            x = x.to(torch.float64)
+            return (self.p0.log_prob(x) - q.log_prob(x)).reshape(1, -1)
+
+        prob = ModelReverseKLProblem(
+            ScoreOnly(self.p0), [ScoreOnly(q)], bounds=[self.b], log_ratio=log_ratio,
+            pretrained_data=pool,
+        )
+        return prob, prob.estimate_dual(samples=pool)
+
     def curve(self, n: int = 60) -> list[dict[str, float]]:
         """Exact trade-off (KL(p_lam||p0), KL(p_lam||q)) for lambda log-spaced."""
         out = []
@@ -141,6 +178,17 @@ class Level:
             except (ValueError, ArithmeticError):
                 break
         return out
+
+
+class ScoreOnly:
+    """A score model that hides its density: only ``score(x, t, cond)`` and ``schedule``."""
+
+    def __init__(self, mixture: Any) -> None:
+        self._mixture = mixture
+        self.schedule = mixture.schedule
+
+    def score(self, x: Any, t: Any = 0.0, cond: Any = None) -> Any:
+        return self._mixture.score(x, t)
 
 
 def _trace(trainer: Any, level: Level, steps: int, every: int) -> dict[str, list[float]]:
@@ -256,6 +304,45 @@ class Runner:
         }
 
 
+    def primal_dual_model_level(self, v: Variant) -> dict[str, Any]:
+        """(d): the model-level problem, warm-started at its ``estimate_dual`` multipliers."""
+        a, lv = self.args, self.level
+        prob, est = lv.model_level(a.pool, self.seed)
+        assert est.estimator is not None
+        h0_hat = abs(float(est.estimator.oracle(est.multipliers * 0).hess[0, 0]))
+        # no dual step on the first estimate (of the pretrained model, not of p_lambda_hat)
+        rule = warm_start_rule(v.rule, **({"kappa": v.kappa} if v.rule == "settled" else {}))
+        exact = ConstraintEstimator(lv.prob, method="exact")  # the referee's exact values
+        trainer = PrimalDualTrainer(
+            prob,
+            self.model(),
+            dual_lr=v.scale / h0_hat,
+            estimate_every=v.every,
+            dual_update=rule,
+            estimator=lambda model, generator: exact(model),
+            init_multipliers=est,
+            **self.train,
+        )
+        tr = _trace(trainer, lv, a.pd_steps, a.every)
+        entry = entry_step(tr, lv.b, a.tol * lv.b, a.window)
+        w = a.window // a.every
+        return {
+            "lam_estimated": float(est.multipliers[0]),
+            "lam_estimated_stderr": float(est.multiplier_stderr[0]),
+            "estimate_ess": est.ess,
+            "pool": a.pool,
+            "dual_hessian_at_0_estimated": -h0_hat,
+            "dual_lr": v.scale / h0_hat,
+            "dual_update": v.rule,
+            "dual_steps": trainer.history.dual_steps,
+            "entry_step": entry,
+            "final_lam": statistics.fmean(tr["lam"][-w:]),
+            "final_kl_q": statistics.fmean(tr["kl_q"][-w:]),
+            "final_kl_p0": statistics.fmean(tr["kl_p0"][-w:]),
+            "trace": tr,
+        }
+
+
 # ------------------------------------------------------------------------------ search rules
 def search_grid_bisection(run: Runner) -> dict[str, Any]:
     """Strategy A: log grid of eta (launched together), then bisection in log eta."""
@@ -308,6 +395,7 @@ def one(level: Level, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     variants = [head, *(v for v in _variants(args) if v != head)]
     pd = {v.label: run.primal_dual(v) for v in variants}
     main_pd = pd[head.label]
+    ml = run.primal_dual_model_level(head)
     a_res = search_grid_bisection(run)
     b_res = search_secant(run)
     oracle = run.fixed(level.lam_star)
@@ -324,6 +412,11 @@ def one(level: Level, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "seed": seed,
         "primal_dual": {n: {k: v for k, v in r.items() if k != "trace"} for n, r in pd.items()},
         "pd_entry_step": t_pd,
+        "model_level": {k: v for k, v in ml.items() if k != "trace"},
+        "model_level_entry_step": ml["entry_step"],
+        "ratio_grid_bisection_model_level": (
+            None if ml["entry_step"] is None else a_res["total_steps"] / ml["entry_step"]
+        ),
         "sweep_grid_bisection": a_res,
         "sweep_secant": b_res,
         "oracle": {k: v for k, v in oracle.items() if k != "trace"},
@@ -337,6 +430,7 @@ def one(level: Level, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         },
         "traces": {
             "pd": main_pd["trace"],
+            "model_level": ml["trace"],
             "runs": {r["lam"]: r["trace"] for r in run.cache.values()},
         },
     }
@@ -470,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--replot", action="store_true",
                     help="only redraw the PNG from an existing bench_one_run.json")
+    ap.add_argument("--pool", type=int, default=8192,
+                    help="pretrained samples of the model-level case (d)")
     ap.add_argument("--output", type=Path, default=None,
                     help="folder (default benchmarks/results; --quick: a temporary folder)")
     args = ap.parse_args(argv)
@@ -523,6 +619,12 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                     "median_ratio_secant": _median([s["ratio_secant"] for s in seeds]),
                     "median_ratio_oracle": _median([s["ratio_oracle"] for s in seeds]),
+                    "median_model_level_entry_step": _median(
+                        [s["model_level_entry_step"] for s in seeds]
+                    ),
+                    "median_ratio_grid_bisection_model_level": _median(
+                        [s["ratio_grid_bisection_model_level"] for s in seeds]
+                    ),
                     "seconds": time.perf_counter() - t0,
                 }
             )
@@ -568,6 +670,25 @@ def main(argv: list[str] | None = None) -> int:
             f"(fixed budget {_fmt(lv['median_ratio_grid_bisection_fixed_budget'])}), "
             f"B/PD {_fmt(lv['median_ratio_secant'])}, C/PD {_fmt(lv['median_ratio_oracle'])}"
         )
+    print()
+    print("(d) Model-level problem (no densities), warm start at estimate_dual's lambda_hat:")
+    print(format_table(
+        ["delta", "seed", "lambda*", "lambda_hat ± se", "PD steps (a)", "model-level steps",
+         "A/model-level"],
+        [
+            [f"{lv['delta']:g}", str(s["seed"]), f"{lv['lam_star']:.4g}",
+             f"{s['model_level']['lam_estimated']:.4g} ± "
+             f"{s['model_level']['lam_estimated_stderr']:.1g}",
+             str(s["pd_entry_step"]), str(s["model_level_entry_step"]),
+             _fmt(s["ratio_grid_bisection_model_level"])]
+            for lv in levels for s in lv["seeds"]
+        ],
+        right={2, 3, 4, 5, 6},
+    ))
+    headline_ml = _median(
+        [s["ratio_grid_bisection_model_level"] for lv in levels for s in lv["seeds"]]
+    )
+    print(f"Model-level median A/PD: {_fmt(headline_ml)}")
     headline = _median([s["ratio_grid_bisection"] for lv in levels for s in lv["seeds"]])
     ok = headline is not None and headline >= GOAL
     print()
@@ -585,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal_ratio": GOAL,
         "headline_ratio_grid_bisection": headline,
         "headline_configuration": next(iter(by_variant)),
+        "model_level_ratio_grid_bisection": headline_ml,
         "ratio_grid_bisection_by_pd_configuration": by_variant,
         "goal_met": ok,
         "search_strategies": {
@@ -610,6 +732,9 @@ def main(argv: list[str] | None = None) -> int:
             "integration": "GridQuadrature(extent=6, resolution=3): 85 x 85 points",
             "model": "TrainableGaussianMixture.from_mixture(p0) (weights, means, variances)",
             "primal": "reweighted_dsm, Adam",
+            "model_level": "ModelReverseKLProblem(ScoreOnly(p0), [ScoreOnly(q)], "
+            "log_ratio=exact, pretrained_data=pool of --pool draws); estimate_dual warm start, "
+            "dual lr 1/|g_hat''(0)|, headline rule; exact evaluations as in (a)",
         },
         "environment": environment(args.threads),
         "seconds": total,

@@ -305,7 +305,7 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
         "--dual-step",
         type=_positive_float,
         default=None,
-        help="dual step size in units of 1/|g''(lam*)| (default 0.5)",
+        help="dual step size in units of 1/|g''| of the estimated dual (RU, LU; default 0.5)",
     )
     p.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -1,5 +1,6 @@
 """Distributions and score models: protocols, schedules, Gaussian mixtures, torch adapters."""
 
+from .conditional_mlp import NULL_CLASS, CondMLPScoreNet
 from .conditioned import Conditioned
 from .gaussian_mixture import GaussianMixture
 from .module_adapter import MLPScoreNet, ModuleScoreModel
@@ -8,6 +9,8 @@ from .protocol import Density, SampleableDensity, ScoreModel
 from .schedule import NoiseSchedule, VPSchedule
 
 __all__ = [
+    "NULL_CLASS",
+    "CondMLPScoreNet",
     "Conditioned",
     "Density",
     "GaussianMixture",
