@@ -209,6 +209,18 @@ def test_every_rule_steps_on_every_estimate():
     assert {r.dual_reason for r in tr.history.records if r.estimate} == {"every"}
 
 
+def test_frozen_rule_never_steps_and_keeps_the_initial_multipliers():
+    tr = _trainer("frozen")  # lambda = 0: the model stays near p0, below the level
+    tr.fit(30, progress=False)
+    recs = tr.history.records
+    assert tr.history.dual_steps == []
+    assert [r.step for r in recs if r.estimate is not None] == list(range(0, 30, 5))
+    assert {r.dual_reason for r in recs if r.estimate} == {"frozen"}
+    # the estimates say the level is not met (so an active rule would have moved lambda)
+    assert all(r.estimate["violations"][0] > 0 for r in recs if r.estimate)
+    assert all(r.multipliers == [0.0] for r in recs)
+
+
 def test_skipped_step_leaves_the_rule_untouched():
     tr = _trainer("settled", estimate_every=1)
     for _ in range(3):

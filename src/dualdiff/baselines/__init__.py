@@ -20,9 +20,10 @@ hands it to the existing operators:
   Lagrangian at :func:`neggrad_lambda`.
 
 Training with a hand-set weight uses the engine's own primal step:
-:class:`FixedWeightTrainer` is a :class:`~dualdiff.engine.PrimalDualTrainer` whose dual step
-is switched off, and :func:`train_fixed_weight` runs it. A baseline and a constrained run with
-the same options and seed therefore differ *only* in how :math:`\lambda` is chosen.
+:class:`FixedWeightTrainer` is a :class:`~dualdiff.engine.PrimalDualTrainer` with the
+``"frozen"`` dual-update rule (no estimate drives a dual step), and :func:`train_fixed_weight`
+runs it. A baseline and a constrained run with the same options and seed therefore differ
+*only* in how :math:`\lambda` is chosen.
 
 See the documentation page *Baselines as fixed multipliers* for the derivations and for why a
 fixed weight needs a sweep to reach a requested level.

@@ -136,6 +136,7 @@ _DUAL_OPTIONS = (
     "penalty",
     "init_multipliers",
     "lam_max",
+    "dual_update",
 )
 
 
@@ -204,15 +205,12 @@ class FixedWeightTrainer(PrimalDualTrainer):
                 f"{owner}: parameter 'multipliers'={lam.tolist()} is outside the dual domain "
                 f"({problem.domain_description}) shrunk by domain_margin={margin}"
             )
+        # The dual step is switched off by the "frozen" dual-update rule: no estimate drives a
+        # dual step, so the multipliers stay at init_multipliers (no step size is involved).
         super().__init__(
-            problem, model, init_multipliers=lam, dual_lr=1.0, formulation="lagrangian",
-            dual_optimizer="sgd", **options,
+            problem, model, init_multipliers=lam, formulation="lagrangian",
+            dual_optimizer="sgd", dual_update="frozen", **options,
         )
-        # Switch the dual step off: projected SGD with step 0 leaves lambda unchanged
-        # (the projection is the identity inside the domain).
-        for opt in self.constrained_optimizer.dual_optimizers or []:
-            for group in opt.param_groups:
-                group["lr"] = 0.0
         self.fixed_multipliers = lam.clone()
 
     def __repr__(self) -> str:

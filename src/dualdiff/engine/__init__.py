@@ -13,7 +13,13 @@ from ..problems.dual_domain import DualDomainProjection, project_capped_box
 from .checkpoint import load_checkpoint, save_checkpoint
 from .cmp import NonFiniteStep, UnlearningCMP, UnlearningCMPState
 from .constraints import ConstraintEstimate, ConstraintEstimator, violations_from
-from .dual_update import DUAL_UPDATES, DualUpdateRule, EveryEstimate, SettledPrimal
+from .dual_update import (
+    DUAL_UPDATES,
+    DualUpdateRule,
+    EveryEstimate,
+    FrozenMultipliers,
+    SettledPrimal,
+)
 from .history import StepRecord, TrainingHistory
 from .optim import build_constrained_optimizer
 from .options import (
@@ -55,6 +61,7 @@ __all__ = [
     "DualUpdateRule",
     "EngineConfigurationError",
     "EveryEstimate",
+    "FrozenMultipliers",
     "LowEffectiveSampleSizeWarning",
     "NonFiniteStep",
     "NonFiniteStepWarning",

@@ -54,13 +54,15 @@ __all__ = [
     "DualUpdateName",
     "DualUpdateRule",
     "EveryEstimate",
+    "FrozenMultipliers",
     "RuleSnapshot",
     "SettledPrimal",
     "make_dual_update_rule",
 ]
 
-DualUpdateName = Literal["every", "settled"]
-"""Dual-update rules: :class:`EveryEstimate` and :class:`SettledPrimal`."""
+DualUpdateName = Literal["every", "settled", "frozen"]
+"""Dual-update rules: :class:`EveryEstimate`, :class:`SettledPrimal` and
+:class:`FrozenMultipliers`."""
 DUAL_UPDATES: tuple[str, ...] = get_args(DualUpdateName)
 RuleSnapshot = tuple[ConstraintEstimate | None, float | None, int, str | None]
 """In-memory state of a rule: (previous estimate, last change, estimates waited, last reason)."""
@@ -175,6 +177,22 @@ class EveryEstimate(DualUpdateRule):
         return True, "every"
 
 
+class FrozenMultipliers(DualUpdateRule):
+    r"""No estimate drives a dual step (``dual_update="frozen"``): :math:`\lambda` stays fixed.
+
+    A fixed-weight baseline (ESD, SISS, NegGrad with a hand-set weight) is the primal-dual
+    trainer with this rule: the same primal step, the same batches and the same recorded
+    estimates, with the multipliers held at ``init_multipliers``
+    (:class:`~dualdiff.FixedWeightTrainer`).
+    """
+
+    name = "frozen"
+
+    def _decide(self, estimate: ConstraintEstimate, change: float | None) -> tuple[bool, str]:
+        """Always ``(False, "frozen")``."""
+        return False, "frozen"
+
+
 class SettledPrimal(DualUpdateRule):
     r"""Dual step only once the model has settled at the current multipliers.
 
@@ -262,4 +280,7 @@ def make_dual_update_rule(value: Any, owner: str = "PrimalDualTrainer") -> DualU
     if isinstance(value, DualUpdateRule):
         return value
     name = resolve(value, "dual_update", owner, DUAL_UPDATES)
-    return EveryEstimate() if name == "every" else SettledPrimal()
+    rules: dict[str, type[DualUpdateRule]] = {
+        "every": EveryEstimate, "settled": SettledPrimal, "frozen": FrozenMultipliers,
+    }
+    return rules[name]()
