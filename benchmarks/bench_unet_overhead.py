@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import dualdiff
     from dualdiff import Conditioned, PrimalDualTrainer
-    from dualdiff.datasets.digits import NULL_CLASS, N_TRAIN, forget_indices, load_digits_split
+    from dualdiff.datasets.digits import N_TRAIN, NULL_CLASS, forget_indices, load_digits_split
     from dualdiff.datasets.digits_model import load_digits_score_model
     from dualdiff.problems.contract import ConstraintEstimate
 
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     retain, forget = split.train_images[keep], split.train_images[idx]
     net = load_digits_score_model()
     teacher = net.frozen_copy()
-    problem: Any = getattr(dualdiff, "KLConstrainedProblem")(
+    kl: Any = dualdiff.KLConstrainedProblem  # typed for closed forms; dispatches on models
+    problem = kl(
         Conditioned(teacher, None), [forget], bounds=[1.0], direction="forward",
         pretrained_data=retain, training_set_size=N_TRAIN,
     )
