@@ -57,6 +57,7 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         ({"esd_eta_conditional": 1.0}, r"'esd_eta_conditional' must be > 1"),
         ({"methods": ("RU", "XX")}, r"'methods' must be a non-empty subset"),
         ({"fu_level": 0.0}, r"'fu_level' must be > 0 or None"),
+        ({"esd_anchors": ("both",)}, r"'esd_anchors' must be a non-empty subset"),
     ],
 )
 def test_config_validation(change: dict, match: str) -> None:

@@ -59,7 +59,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["METHODS", "DigitsConfig", "run_digits"]
+__all__ = [
+    "METHODS",
+    "DigitsConfig",
+    "DigitsSetup",
+    "evaluate",
+    "pretrained_levels",
+    "run_digits",
+    "run_method",
+    "smoke_config",
+]
 
 #: Method names in report order.
 METHODS = ("RU", "LU", "FU", "ESD", "SISS", "NegGrad")
@@ -93,6 +102,8 @@ class DigitsConfig:
         Dual-step estimator cadence and sample count.
     esd_eta, esd_eta_conditional
         ESD guidance for the unconditional and the conditional anchor.
+    esd_anchors
+        Which ESD anchors to run (``"unconditional"``, ``"conditional"``).
     neggrad_forget_weight
         NegGrad's forget weight (retain weight 1).
     n_uncond, n_per_class
@@ -122,6 +133,7 @@ class DigitsConfig:
     estimate_samples: int = 64
     esd_eta: float = 1.0
     esd_eta_conditional: float = 1.5
+    esd_anchors: tuple[str, ...] = ("unconditional", "conditional")
     neggrad_forget_weight: float = 0.05
     n_uncond: int = 300
     n_per_class: int = 20
@@ -171,6 +183,13 @@ class DigitsConfig:
             raise ValueError(
                 f"{owner}: parameter 'fu_level' must be > 0 or None, got {self.fu_level!r}"
             )
+        if not self.esd_anchors or any(
+            a not in ("unconditional", "conditional") for a in self.esd_anchors
+        ):
+            raise ValueError(
+                f"{owner}: parameter 'esd_anchors' must be a non-empty subset of "
+                f"('unconditional', 'conditional'), got {self.esd_anchors!r}"
+            )
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ValueError(
@@ -190,6 +209,7 @@ def _write_json(path: Path, obj: Any) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with _suppress():
@@ -209,8 +229,26 @@ def _finite(v: float) -> float | None:
     return float(v) if math.isfinite(float(v)) else None
 
 
-class _Setup:
-    """Data, classifier, frozen teacher, evaluation references (loaded once)."""
+class DigitsSetup:
+    """Data, classifier, frozen teacher and evaluation references of a run (loaded once).
+
+    Parameters
+    ----------
+    cfg
+        The run's configuration.
+
+    Attributes
+    ----------
+    split, forget_images, retain_images, retain_eval, heldout_retained
+        The fixed split ``(n, 1, 8, 8)``, the 30 forget images, the other 1470 training images,
+        the retain images scored by the NLL, the held-out images of the retained classes.
+    clf
+        The shipped digits classifier (frozen).
+    net, teacher
+        The shipped digits score model and a frozen copy of it.
+    c, retained, prior_c
+        The forgotten digit, the other digits, the training frequency of ``c``.
+    """
 
     def __init__(self, cfg: DigitsConfig) -> None:
         from ..datasets.digits import N_TRAIN, forget_indices, load_digits_split
@@ -247,6 +285,7 @@ class _Setup:
         return self.clf.log_prob(x.to(torch.float32))[:, self.c]
 
     def log_ratio(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        r"""``fn(x) -> (1, n)``: :math:`\log p(c) - \log p(c\mid x)` (classifier, no grad)."""
         from ..problems import classifier_log_ratio
 
         def lp(x: torch.Tensor) -> torch.Tensor:
@@ -256,6 +295,7 @@ class _Setup:
         return classifier_log_ratio(lp, [math.log(self.prior_c)])
 
     def student(self) -> Any:
+        """A trainable deep copy of the pretrained score model (all parameters)."""
         s = copy.deepcopy(self.net)
         s.train()
         return s
@@ -303,7 +343,7 @@ def _custom_estimate(problem: Any, values: torch.Tensor) -> Any:
     )
 
 
-def _sample_estimator(setup: _Setup, problem: Any, student: Any,
+def _sample_estimator(setup: DigitsSetup, problem: Any, student: Any,
                       fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
     cfg = setup.cfg
     count = [0]
@@ -318,7 +358,7 @@ def _sample_estimator(setup: _Setup, problem: Any, student: Any,
     return estimator
 
 
-def _fu_estimator(setup: _Setup, problem: Any, base_nll: torch.Tensor) -> Callable[..., Any]:
+def _fu_estimator(setup: DigitsSetup, problem: Any, base_nll: torch.Tensor) -> Callable[..., Any]:
     from ..diffusion.likelihood import elbo
 
     cfg = setup.cfg
@@ -333,7 +373,18 @@ def _fu_estimator(setup: _Setup, problem: Any, base_nll: torch.Tensor) -> Callab
 
 
 # ------------------------------------------------------------------------------ evaluation
-def _evaluate(setup: _Setup, student: Any, seed: int) -> dict[str, Any]:
+def evaluate(setup: DigitsSetup, student: Any, seed: int) -> dict[str, Any]:
+    """Metrics of one model (see the module notes); ``"_samples"``: 64 unconditional samples.
+
+    Parameters
+    ----------
+    setup
+        The run's data and references.
+    student
+        The digits score model to evaluate (``DiffusersScoreModel``).
+    seed
+        Seed of the samplers and estimators (the same seed gives every model the same noise).
+    """
     from ..models import Conditioned
     from .metrics import (
         class_proportions,
@@ -395,7 +446,7 @@ def _public(name: str) -> Any:
     return getattr(dualdiff, name)
 
 
-def _ru_problem(setup: _Setup, level: float) -> Any:
+def _ru_problem(setup: DigitsSetup, level: float) -> Any:
     from .. import Conditioned
 
     return _public("KLConstrainedProblem")(
@@ -404,7 +455,7 @@ def _ru_problem(setup: _Setup, level: float) -> Any:
     )
 
 
-def _lu_problem(setup: _Setup, level: float) -> Any:
+def _lu_problem(setup: DigitsSetup, level: float) -> Any:
     from .. import Conditioned
 
     return _public("LikelihoodConstrainedProblem")(
@@ -413,7 +464,7 @@ def _lu_problem(setup: _Setup, level: float) -> Any:
     )
 
 
-def _fu_problem(setup: _Setup, level: float) -> Any:
+def _fu_problem(setup: DigitsSetup, level: float) -> Any:
     from .. import Conditioned
 
     return _public("KLConstrainedProblem")(
@@ -437,8 +488,26 @@ def _fit(trainer: Any, steps: int, progress: bool, desc: str) -> int:
     return steps
 
 
-def _run_method(setup: _Setup, name: str, levels: dict[str, Any], progress: bool
+def run_method(setup: DigitsSetup, name: str, levels: dict[str, Any], progress: bool
                 ) -> list[dict[str, Any]]:
+    """Train one method from the pretrained model and evaluate it.
+
+    Parameters
+    ----------
+    setup
+        The run's data, teacher and configuration.
+    name
+        One of :data:`METHODS` (``"ESD"`` runs both anchors).
+    levels
+        From :func:`pretrained_levels`.
+    progress
+        Show a tqdm bar.
+
+    Returns
+    -------
+    list of dict
+        One report row per run (see :func:`run_digits`), with ``"_samples"``.
+    """
     from .. import Conditioned, FixedWeightTrainer, PrimalDualTrainer, esd_lambda, neggrad_loss
 
     cfg = setup.cfg
@@ -448,7 +517,7 @@ def _run_method(setup: _Setup, name: str, levels: dict[str, Any], progress: bool
     def finish(student: Any, t0: float, lam: list[float], setting: dict[str, Any],
                extra: dict[str, Any] | None = None) -> None:
         wall = time.perf_counter() - t0
-        ev = _evaluate(setup, student, cfg.seed)
+        ev = evaluate(setup, student, cfg.seed)
         row = {"method": name, **ev, "multipliers": lam, "setting": setting,
                "steps": cfg.steps, "wall_s": wall}
         if extra:
@@ -461,7 +530,8 @@ def _run_method(setup: _Setup, name: str, levels: dict[str, Any], progress: bool
         if name == "RU":
             runs = [("constrained", None)]
         else:
-            runs = [("unconditional", cfg.esd_eta), ("conditional", cfg.esd_eta_conditional)]
+            etas = {"unconditional": cfg.esd_eta, "conditional": cfg.esd_eta_conditional}
+            runs = [(a, etas[a]) for a in cfg.esd_anchors]
         for anchor, eta in runs:
             student = setup.student()
             model = Conditioned(student, None)
@@ -607,6 +677,44 @@ def _label(row: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ driver
+def pretrained_levels(
+    setup: DigitsSetup,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+    r"""Evaluate the pretrained model and set the levels relative to it.
+
+    Returns
+    -------
+    (pretrained metrics, levels, samples)
+        ``levels``: ``"RU"`` = :math:`C_0 + \delta_{RU}` with :math:`C_0 = E_{data}[\log
+        p(c) - \log p(c\mid x)]`; ``"LU"`` = :math:`E_{data}[\log p(c\mid x)] -
+        \delta_{LU}`; ``"FU"`` = ``fu_level`` or the held-out minus forget NLL gap (at least
+        0.1 nats); ``"_fu_base"`` = the pretrained per-image ELBO NLLs of the forget set (the FU
+        estimator's reference, same random numbers). ``samples``: ``{"pretrained": (64, 1, 8,
+        8)}``.
+    """
+    from ..diffusion.likelihood import elbo
+    from ..models import Conditioned
+
+    cfg = setup.cfg
+    pre = evaluate(setup, setup.net, cfg.seed)
+    samples = {"pretrained": pre.pop("_samples")}
+    with torch.no_grad():
+        x = setup.split.train_images
+        c0_ru = float(setup.log_ratio()(x).mean())
+        c0_lu = float(setup.log_p_c(x).mean())
+        base = -elbo(Conditioned(setup.teacher, None), setup.forget_images, n_t=cfg.elbo_draws,
+                     generator=torch.Generator().manual_seed(777)).to(torch.float64)
+    gap = pre["heldout_nll"] - pre["forget_nll"]
+    fu_level = cfg.fu_level if cfg.fu_level is not None else max(gap, 0.1)
+    levels: dict[str, Any] = {
+        "RU": c0_ru + cfg.ru_delta, "LU": c0_lu - cfg.lu_delta, "FU": fu_level,
+        "_fu_base": base,
+    }
+    pre.update({"ru_constraint_on_data": c0_ru, "lu_constraint_on_data": c0_lu,
+                "nll_gap_heldout_minus_forget": gap})
+    return pre, levels, samples
+
+
 def run_digits(output: str | os.PathLike[str], config: DigitsConfig | None = None, *,
                progress: bool | None = None) -> dict[str, Any]:
     r"""Run the digits experiment and write ``output/report.json`` and the figures.
@@ -648,32 +756,12 @@ def run_digits(output: str | os.PathLike[str], config: DigitsConfig | None = Non
     report: dict[str, Any] = {"status": "incomplete", "config": asdict(cfg)}
     _write_json(folder / "report.json", report)
     torch.manual_seed(cfg.seed)
-    setup = _Setup(cfg)
+    setup = DigitsSetup(cfg)
 
-    # pretrained evaluation and levels relative to it
-    pre = _evaluate(setup, setup.net, cfg.seed)
-    samples = {"pretrained": pre.pop("_samples")}
-    with torch.no_grad():
-        x = setup.split.train_images
-        c0_ru = float(setup.log_ratio()(x).mean())
-        c0_lu = float(setup.log_p_c(x).mean())
-    gap = pre["heldout_nll"] - pre["forget_nll"]
-    fu_level = cfg.fu_level if cfg.fu_level is not None else max(gap, 0.1)
-    from ..diffusion.likelihood import elbo
-    from ..models import Conditioned
-
-    with torch.no_grad():
-        base = -elbo(Conditioned(setup.teacher, None), setup.forget_images, n_t=cfg.elbo_draws,
-                     generator=torch.Generator().manual_seed(777)).to(torch.float64)
-    levels: dict[str, Any] = {
-        "RU": c0_ru + cfg.ru_delta, "LU": c0_lu - cfg.lu_delta, "FU": fu_level,
-        "_fu_base": base,
-    }
-    pre.update({"ru_constraint_on_data": c0_ru, "lu_constraint_on_data": c0_lu,
-                "nll_gap_heldout_minus_forget": gap})
+    pre, levels, samples = pretrained_levels(setup)
     rows: list[dict[str, Any]] = []
     for name in cfg.methods:
-        for row in _run_method(setup, name, levels, progress):
+        for row in run_method(setup, name, levels, progress):
             samples[_label(row)] = row.pop("_samples")
             rows.append(row)
     report = {
@@ -681,7 +769,7 @@ def run_digits(output: str | os.PathLike[str], config: DigitsConfig | None = Non
         "pretrained": pre,
         "levels": {k: v for k, v in levels.items() if not k.startswith("_")},
         "methods": rows,
-        "targets": _targets(pre, rows, fu_level),
+        "targets": _targets(pre, rows, levels["FU"]),
         "config": asdict(cfg),
         "threads": torch.get_num_threads(),
         "parameter_subset": "all UNet parameters (every method)",
