@@ -128,3 +128,39 @@ def test_quick_run(tmp_path: Path) -> None:
     assert main(["digits", "--quick", "--no-progress", "--output", str(tmp_path)]) == 0
     rep = _check_report(tmp_path, ["RU", "LU", "FU", "ESD", "SISS", "NegGrad"])
     assert rep["wall_s"] < 15 * 60
+
+
+def test_report_json_is_strict_and_atomic(tmp_path: Path) -> None:
+    from dualdiff.experiments.digits import _write_json
+
+    path = tmp_path / "report.json"
+    _write_json(path, {"a": 1.0})
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        _write_json(path, {"a": float("nan")})
+    # the old report is intact and no temporary file is left behind
+    assert json.loads(path.read_text()) == {"a": 1.0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_target_rules() -> None:
+    from dualdiff.experiments.digits import _targets
+
+    pre = {"forget_accuracy": 0.2, "retained_accuracy": 0.9, "forget_nll": 10.0,
+           "heldout_nll": 20.0}
+
+    def row(method: str, **kw: float) -> dict:
+        base = {"forget_accuracy": 0.1, "retained_accuracy": 0.82, "forget_nll": 12.0,
+                "heldout_nll": 20.1}
+        return {"method": method, **base, **kw}
+
+    t = _targets(pre, [row("RU"), row("LU", forget_accuracy=0.1001),
+                       row("FU"), row("NegGrad")], fu_level=2.0)
+    assert t["RU"]["passed"] is True            # 0.1 <= 0.5 * 0.2 and 0.82 >= 0.9 * 0.9
+    assert t["LU"]["passed"] is False           # not halved
+    assert t["FU"]["passed"] is True            # rise 2.0 = level, held-out 0.1 < 0.2
+    assert "NegGrad" not in t
+    t = _targets(pre, [row("RU", retained_accuracy=0.80), row("FU", heldout_nll=20.25)], 2.0)
+    assert t["RU"]["passed"] is False           # 0.80 < 0.81 = 0.9 * 0.9
+    assert t["FU"]["passed"] is False           # held-out moved 0.25, not < 0.2
+    t = _targets(pre, [row("FU", forget_nll=12.3)], 2.0)
+    assert t["FU"]["passed"] is False           # rise 2.3 misses 2.0 by 15%
