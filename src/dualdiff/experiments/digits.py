@@ -1,0 +1,812 @@
+r"""``dualdiff digits``: class removal and data unlearning of the shipped digits DDPM.
+
+Every run starts from the shipped class-conditional digits UNet
+(:func:`~dualdiff.datasets.digits_model.load_digits_score_model`) and fine-tunes **all its
+parameters** (the same subset, Adam optimiser, batch size and step budget for every method) on
+its unconditional (null-class) view :math:`p_\theta = s_\theta(\cdot,\cdot,\varnothing)`, the
+model of :math:`p_0` in the paper. A frozen copy of the pretrained network gives the teacher
+scores.
+
+Methods (all through the public API):
+
+* **RU** -- ``KLConstrainedProblem(Conditioned(teacher, None), [Conditioned(teacher, c)],
+  bounds=[C_0 + delta])``, log-ratios :math:`\log p(c) - \log p(c\mid x)` of the shipped
+  classifier (:func:`~dualdiff.problems.classifier_log_ratio`), composed-score primal form,
+  warm start :math:`\lambda^\star` from ``estimate_dual`` on the training images.
+* **LU** -- ``LikelihoodConstrainedProblem`` with :math:`\ell(x) = \log p(c\mid x)` of the
+  classifier, level :math:`C_0 - \delta`, reweighted-DSM primal form, ``estimate_dual`` warm
+  start. (The concept model's ODE log-likelihood is not used: too slow for ``--quick``.)
+* **FU** -- ``KLConstrainedProblem(..., [forget_images], direction="forward")`` for the 30
+  fixed training images, :math:`\lambda_{\max} = 30/1500`, signed denoising loss.
+* **ESD** -- fixed RU weight :math:`\lambda = \eta/(1+\eta)` (unconditional anchor) and
+  :math:`\lambda = 1-1/\eta` (conditional anchor), :func:`~dualdiff.esd_lambda`.
+* **SISS** -- fixed FU weight (the naive-deletion objective's :math:`\lambda`); SISS's
+  importance-sampled estimator (:math:`\kappa = 1/2`) and ``scaling_norm`` are *not*
+  reproduced (see :func:`~dualdiff.SISS`).
+* **NegGrad** -- :func:`~dualdiff.neggrad_loss` with a retain term.
+
+Constraint estimates for the dual step (``estimator=`` of the trainer, cheap by design):
+
+* RU: :math:`\hat C = \frac1n\sum_j r(x_j)` on DDIM samples of the model, with
+  :math:`r = \log p(c) - \log p(c\mid x)`. Since :math:`\mathrm{KL}(p\|q) =
+  \mathrm{KL}(p\|p_0) + E_p[r]` when :math:`q = p_0(\cdot\mid c)` and the classifier is
+  exact, this is a *lower bound* of the constraint: meeting it meets the constraint.
+* LU: :math:`\hat C = \frac1n\sum_j \log p(c\mid x_j)` on the same kind of samples.
+* FU: :math:`\hat\Delta = \overline{\mathrm{NLL}}_\theta(A) - \overline{\mathrm{NLL}}_0(A)`
+  with ELBO NLLs of the forget set under common random numbers.
+
+Metrics (:mod:`dualdiff.experiments.metrics`): forget accuracy = fraction of unconditional
+samples classified as ``c``; retained accuracy = mean per-class accuracy of class-conditional
+samples of the other classes; FD of unconditional samples to held-out real digits of the
+retained classes (classifier features); ELBO NLLs (nats per image, common random numbers across
+models) of the forget / retain / held-out sets; deviation = path-KL of the unlearned null view
+from the pretrained one on samples of the unlearned model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "METHODS",
+    "DigitsConfig",
+    "DigitsSetup",
+    "evaluate",
+    "pretrained_levels",
+    "run_digits",
+    "run_method",
+    "smoke_config",
+]
+
+#: Method names in report order.
+METHODS = ("RU", "LU", "FU", "ESD", "SISS", "NegGrad")
+
+
+@dataclass(frozen=True)
+class DigitsConfig:
+    """Budget and settings of one ``dualdiff digits`` run.
+
+    Attributes
+    ----------
+    forget_class
+        Digit removed by RU / LU / ESD.
+    steps
+        Primal steps per method (the same for all).
+    batch_size
+        Training batch (images) per step.
+    primal_lr
+        Adam learning rate (all methods).
+    grad_clip
+        Total gradient-norm clip (all methods).
+    ru_delta, lu_delta
+        Levels relative to the pretrained constraint value: RU ``C_0 + ru_delta``, LU
+        ``C_0 - lu_delta`` (nats).
+    fu_level
+        FU level on the forget-set NLL increase (nats per image); ``None`` = the pretrained
+        model's generalisation gap, NLL(held-out) - NLL(forget).
+    dual_lr
+        Dual step size of RU / LU / FU.
+    estimate_every, estimate_samples
+        Dual-step estimator cadence and sample count.
+    esd_eta, esd_eta_conditional
+        ESD guidance for the unconditional and the conditional anchor.
+    esd_anchors
+        Which ESD anchors to run (``"unconditional"``, ``"conditional"``).
+    neggrad_forget_weight
+        NegGrad's forget weight (retain weight 1).
+    n_uncond, n_per_class
+        Evaluation samples: unconditional, and per retained class.
+    sample_steps
+        DDIM steps of every sampler (evaluation and estimator).
+    elbo_draws
+        ELBO time/noise draws per image.
+    n_retain_eval
+        Retain images scored by the NLL.
+    methods
+        Which methods to run.
+    seed
+        Seed of every run (same batches across methods).
+    """
+
+    forget_class: int = 0
+    steps: int = 40
+    batch_size: int = 64
+    primal_lr: float = 2e-4
+    grad_clip: float = 1.0
+    ru_delta: float = 1.5
+    lu_delta: float = 1.5
+    fu_level: float | None = None
+    dual_lr: float = 0.02
+    estimate_every: int = 10
+    estimate_samples: int = 64
+    esd_eta: float = 1.0
+    esd_eta_conditional: float = 1.5
+    esd_anchors: tuple[str, ...] = ("unconditional", "conditional")
+    neggrad_forget_weight: float = 0.05
+    n_uncond: int = 300
+    n_per_class: int = 20
+    sample_steps: int = 20
+    elbo_draws: int = 4
+    n_retain_eval: int = 150
+    methods: tuple[str, ...] = METHODS
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> DigitsConfig:
+        """The ``--quick`` budget (the defaults)."""
+        return cls()
+
+    @classmethod
+    def full(cls) -> DigitsConfig:
+        """A larger budget (not timed on the shared 2-core machine)."""
+        return cls(steps=300, n_uncond=1000, n_per_class=50, sample_steps=50, elbo_draws=8,
+                   n_retain_eval=300, estimate_every=20, estimate_samples=128)
+
+    def validate(self) -> DigitsConfig:
+        """Check every field; raise ``ValueError`` naming the bad one."""
+        owner = "DigitsConfig"
+        if not (isinstance(self.forget_class, int) and 0 <= self.forget_class <= 9):
+            raise ValueError(
+                f"{owner}: parameter 'forget_class' must be an int in 0..9, got "
+                f"{self.forget_class!r}"
+            )
+        for name in ("steps", "batch_size", "estimate_every", "estimate_samples", "n_uncond",
+                     "n_per_class", "sample_steps", "elbo_draws", "n_retain_eval"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{owner}: parameter '{name}' must be an int >= 1, got {v!r}")
+        if self.n_uncond < 2 or self.estimate_samples < 2:
+            raise ValueError(f"{owner}: 'n_uncond' and 'estimate_samples' must be >= 2")
+        for name in ("primal_lr", "grad_clip", "ru_delta", "lu_delta", "dual_lr", "esd_eta",
+                     "neggrad_forget_weight"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{owner}: parameter '{name}' must be a number > 0, got {v!r}")
+        if not self.esd_eta_conditional > 1.0:
+            raise ValueError(
+                f"{owner}: parameter 'esd_eta_conditional' must be > 1 (lambda = 1 - 1/eta), "
+                f"got {self.esd_eta_conditional!r}"
+            )
+        if self.fu_level is not None and not self.fu_level > 0:
+            raise ValueError(
+                f"{owner}: parameter 'fu_level' must be > 0 or None, got {self.fu_level!r}"
+            )
+        if not self.esd_anchors or any(
+            a not in ("unconditional", "conditional") for a in self.esd_anchors
+        ):
+            raise ValueError(
+                f"{owner}: parameter 'esd_anchors' must be a non-empty subset of "
+                f"('unconditional', 'conditional'), got {self.esd_anchors!r}"
+            )
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(
+                f"{owner}: parameter 'methods' must be a non-empty subset of {METHODS}, got "
+                f"{self.methods!r}"
+            )
+        return self
+
+
+# ------------------------------------------------------------------------------ helpers
+def _write_json(path: Path, obj: Any) -> None:
+    """Strict JSON (no NaN/inf), written atomically (temp file in the folder + rename)."""
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress():
+            os.unlink(tmp)
+        raise
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> bool:
+        return True
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if math.isfinite(float(v)) else None
+
+
+class DigitsSetup:
+    """Data, classifier, frozen teacher and evaluation references of a run (loaded once).
+
+    Parameters
+    ----------
+    cfg
+        The run's configuration.
+
+    Attributes
+    ----------
+    split, forget_images, retain_images, retain_eval, heldout_retained
+        The fixed split ``(n, 1, 8, 8)``, the 30 forget images, the other 1470 training images,
+        the retain images scored by the NLL, the held-out images of the retained classes.
+    clf
+        The shipped digits classifier (frozen).
+    net, teacher
+        The shipped digits score model and a frozen copy of it.
+    c, retained, prior_c
+        The forgotten digit, the other digits, the training frequency of ``c``.
+    """
+
+    def __init__(self, cfg: DigitsConfig) -> None:
+        from ..datasets.digits import N_TRAIN, forget_indices, load_digits_split
+        from ..datasets.digits_classifier import load_digits_classifier
+        from ..datasets.digits_model import load_digits_score_model
+
+        self.cfg = cfg
+        split = load_digits_split()
+        self.split = split
+        idx = forget_indices()
+        keep = torch.ones(N_TRAIN, dtype=torch.bool)
+        keep[idx] = False
+        self.forget_images = split.train_images[idx]
+        self.retain_images = split.train_images[keep]
+        self.n_train = N_TRAIN
+        self.clf = load_digits_classifier().eval()
+        for p in self.clf.parameters():
+            p.requires_grad_(False)
+        self.net = load_digits_score_model()
+        self.teacher = self.net.frozen_copy()
+        c = cfg.forget_class
+        self.c = c
+        self.retained = [k for k in range(10) if k != c]
+        self.prior_c = float((split.train_labels == c).double().mean())
+        held = split.heldout_images[split.heldout_labels != c]
+        self.heldout_retained = held
+        g = torch.Generator().manual_seed(12345)
+        perm = torch.randperm(self.retain_images.shape[0], generator=g)[: cfg.n_retain_eval]
+        self.retain_eval = self.retain_images[perm]
+
+    # classifier views (no grad through the classifier parameters; grad in x allowed)
+    def log_p_c(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log p(c\mid x)`, ``(n, 1, 8, 8) -> (n,)``."""
+        return self.clf.log_prob(x.to(torch.float32))[:, self.c]
+
+    def log_ratio(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        r"""``fn(x) -> (1, n)``: :math:`\log p(c) - \log p(c\mid x)` (classifier, no grad)."""
+        from ..problems import classifier_log_ratio
+
+        def lp(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return self.log_p_c(x)[None]
+
+        return classifier_log_ratio(lp, [math.log(self.prior_c)])
+
+    def student(self) -> Any:
+        """A trainable deep copy of the pretrained score model (all parameters)."""
+        s = copy.deepcopy(self.net)
+        s.train()
+        return s
+
+
+def _sample(score_model: Any, labels: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
+    from ..datasets.digits_model import sample_digits
+
+    module = score_model.module
+    was = module.training
+    module.eval()
+    try:
+        return sample_digits(
+            module, score_model.scheduler, labels, num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(seed),
+        )
+    finally:
+        module.train(was)
+
+
+def _null_labels(n: int) -> torch.Tensor:
+    from ..datasets.digits import NULL_CLASS
+
+    return torch.full((n,), NULL_CLASS, dtype=torch.int64)
+
+
+def _elbo_nll(view: Any, x: torch.Tensor, draws: int, seed: int) -> float:
+    from .metrics import elbo_nll
+
+    out = elbo_nll(view, x, n_t=draws, generator=torch.Generator().manual_seed(seed),
+                   batch_size=512)
+    return float(out.nats.value)
+
+
+def _custom_estimate(problem: Any, values: torch.Tensor) -> Any:
+    from ..problems.contract import ConstraintEstimate
+
+    v = values.to(torch.float64).reshape(-1)
+    mean = v.mean().reshape(1)
+    se = (v.std(unbiased=True) / math.sqrt(v.numel())).reshape(1) if v.numel() > 1 else \
+        torch.zeros(1, dtype=torch.float64)
+    return ConstraintEstimate(
+        constraints=mean, constraint_stderr=se, violations=problem.violations(mean),
+        method="custom", n=int(v.numel()),
+    )
+
+
+def _sample_estimator(setup: DigitsSetup, problem: Any, student: Any,
+                      fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
+    cfg = setup.cfg
+    count = [0]
+
+    def estimator(model: Any, generator: torch.Generator | None = None) -> Any:
+        count[0] += 1
+        x = _sample(student, _null_labels(cfg.estimate_samples), cfg.sample_steps,
+                    cfg.seed + 1000 + count[0])
+        with torch.no_grad():
+            return _custom_estimate(problem, fn(x))
+
+    return estimator
+
+
+def _fu_estimator(setup: DigitsSetup, problem: Any, base_nll: torch.Tensor) -> Callable[..., Any]:
+    from ..diffusion.likelihood import elbo
+
+    cfg = setup.cfg
+
+    def estimator(model: Any, generator: torch.Generator | None = None) -> Any:
+        with torch.no_grad():
+            lb = elbo(model, setup.forget_images, n_t=cfg.elbo_draws,
+                      generator=torch.Generator().manual_seed(777))
+        return _custom_estimate(problem, (-lb.to(torch.float64)) - base_nll)
+
+    return estimator
+
+
+# ------------------------------------------------------------------------------ evaluation
+def evaluate(setup: DigitsSetup, student: Any, seed: int) -> dict[str, Any]:
+    """Metrics of one model (see the module notes); ``"_samples"``: 64 unconditional samples.
+
+    Parameters
+    ----------
+    setup
+        The run's data and references.
+    student
+        The digits score model to evaluate (``DiffusersScoreModel``).
+    seed
+        Seed of the samplers and estimators (the same seed gives every model the same noise).
+    """
+    from ..models import Conditioned
+    from .metrics import (
+        class_proportions,
+        deviation,
+        forget_accuracy,
+        frechet_distance,
+        retained_accuracy,
+    )
+
+    cfg = setup.cfg
+    x_u = _sample(student, _null_labels(cfg.n_uncond), cfg.sample_steps, seed + 1)
+    labels = torch.tensor(setup.retained, dtype=torch.int64).repeat_interleave(cfg.n_per_class)
+    x_c = _sample(student, labels, cfg.sample_steps, seed + 2)
+    with torch.no_grad():
+        logits_u = setup.clf(x_u)
+        logits_c = setup.clf(x_c)
+        fa = forget_accuracy(logits_u, [setup.c])
+        ra = retained_accuracy(logits_c, labels, setup.retained)
+        props = class_proportions(logits_u, 10)
+        fd = frechet_distance(setup.heldout_retained, x_u, feature_fn=setup.clf.features)
+    view = Conditioned(student, None)
+    ref = Conditioned(setup.teacher, None)
+    d = cfg.elbo_draws
+    dev = deviation(view, ref, x_u[: min(64, x_u.shape[0])], n_t=d,
+                    generator=torch.Generator().manual_seed(seed + 3))
+    return {
+        "forget_accuracy": float(fa.value),
+        "forget_accuracy_stderr": float(fa.stderr),
+        "retained_accuracy": float(ra.mean.value),
+        "retained_accuracy_stderr": float(ra.mean.stderr),
+        "retained_accuracy_per_class": {str(k): float(v.value) for k, v in ra.per_class.items()},
+        "class_proportions": [float(v) for v in props.proportions],
+        "fd_retained": _finite(fd),
+        "forget_nll": _elbo_nll(view, setup.forget_images, d, 101),
+        "retain_nll": _elbo_nll(view, setup.retain_eval, d, 102),
+        "heldout_nll": _elbo_nll(view, setup.split.heldout_images, d, 103),
+        "deviation": _finite(float(dev.value)),
+        "deviation_stderr": _finite(float(dev.stderr)),
+        "_samples": x_u[:64],
+    }
+
+
+# ------------------------------------------------------------------------------ methods
+def _trainer_options(cfg: DigitsConfig) -> dict[str, Any]:
+    return {
+        "batch_size": cfg.batch_size, "primal_lr": cfg.primal_lr, "grad_clip": cfg.grad_clip,
+        "estimate_every": cfg.estimate_every, "seed": cfg.seed,
+    }
+
+
+def _public(name: str) -> Any:
+    """A public problem class, untyped.
+
+    Its signature is typed for the closed-form problems (``GaussianMixture``), while a
+    score-model ``pretrained`` dispatches to the model-level class.
+    """
+    import dualdiff
+
+    return getattr(dualdiff, name)
+
+
+def _ru_problem(setup: DigitsSetup, level: float) -> Any:
+    from .. import Conditioned
+
+    return _public("KLConstrainedProblem")(
+        Conditioned(setup.teacher, None), [Conditioned(setup.teacher, setup.c)], bounds=[level],
+        pretrained_data=setup.split.train_images, log_ratio=setup.log_ratio(),
+    )
+
+
+def _lu_problem(setup: DigitsSetup, level: float) -> Any:
+    from .. import Conditioned
+
+    return _public("LikelihoodConstrainedProblem")(
+        Conditioned(setup.teacher, None), [setup.log_p_c], bounds=[level],
+        pretrained_data=setup.split.train_images,
+    )
+
+
+def _fu_problem(setup: DigitsSetup, level: float) -> Any:
+    from .. import Conditioned
+
+    return _public("KLConstrainedProblem")(
+        Conditioned(setup.teacher, None), [setup.forget_images], bounds=[level],
+        direction="forward", pretrained_data=setup.retain_images,
+        training_set_size=setup.n_train,
+    )
+
+
+def _fit(trainer: Any, steps: int, progress: bool, desc: str) -> int:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+    try:
+        for _ in range(steps):
+            rec = trainer.step()
+            bar.update(1)
+            bar.set_postfix(lam=[round(v, 4) for v in rec.multipliers], refresh=False)
+    finally:
+        bar.close()
+    return steps
+
+
+def run_method(setup: DigitsSetup, name: str, levels: dict[str, Any], progress: bool
+                ) -> list[dict[str, Any]]:
+    """Train one method from the pretrained model and evaluate it.
+
+    Parameters
+    ----------
+    setup
+        The run's data, teacher and configuration.
+    name
+        One of :data:`METHODS` (``"ESD"`` runs both anchors).
+    levels
+        From :func:`pretrained_levels`.
+    progress
+        Show a tqdm bar.
+
+    Returns
+    -------
+    list of dict
+        One report row per run (see :func:`run_digits`), with ``"_samples"``.
+    """
+    from .. import Conditioned, FixedWeightTrainer, PrimalDualTrainer, esd_lambda, neggrad_loss
+
+    cfg = setup.cfg
+    opts = _trainer_options(cfg)
+    out: list[dict[str, Any]] = []
+
+    def finish(student: Any, t0: float, lam: list[float], setting: dict[str, Any],
+               extra: dict[str, Any] | None = None) -> None:
+        wall = time.perf_counter() - t0
+        ev = evaluate(setup, student, cfg.seed)
+        row = {"method": name, **ev, "multipliers": lam, "setting": setting,
+               "steps": cfg.steps, "wall_s": wall}
+        if extra:
+            row.update(extra)
+        out.append(row)
+
+    if name in ("RU", "ESD"):
+        prob = _ru_problem(setup, levels["RU"])
+        runs: list[tuple[str, Any]]
+        if name == "RU":
+            runs = [("constrained", None)]
+        else:
+            etas = {"unconditional": cfg.esd_eta, "conditional": cfg.esd_eta_conditional}
+            runs = [(a, etas[a]) for a in cfg.esd_anchors]
+        for anchor, eta in runs:
+            student = setup.student()
+            model = Conditioned(student, None)
+            est = _sample_estimator(setup, prob, student,
+                                    lambda x: setup.log_ratio()(x).reshape(-1))
+            t0 = time.perf_counter()
+            if eta is None:
+                dual = prob.estimate_dual(samples=setup.split.train_images)
+                tr = PrimalDualTrainer(prob, model, primal="composed", estimator=est,
+                                       init_multipliers=dual, dual_lr=cfg.dual_lr, **opts)
+                setting = {"level": levels["RU"], "primal": "composed",
+                           "warm_start": [float(v) for v in dual.multipliers],
+                           "estimator": "classifier lower bound E_p[log p(c) - log p(c|x)]"}
+            else:
+                lam = esd_lambda([eta], anchor=anchor)  # type: ignore[arg-type]
+                tr = FixedWeightTrainer(prob, model, lam, primal="composed", estimator=est,
+                                        **opts)
+                setting = {"eta": eta, "anchor": anchor, "primal": "composed",
+                           "x_t": "noised training images (frozen-model data)"}
+            _fit(tr, cfg.steps, progress, f"{name} {anchor}")
+            last = tr.last_estimate
+            finish(student, t0, [float(v) for v in tr.multipliers], setting,
+                   {"constraint_estimate": None if last is None else
+                    float(last.constraints[0])})
+    elif name == "LU":
+        prob = _lu_problem(setup, levels["LU"])
+        student = setup.student()
+        model = Conditioned(student, None)
+        est = _sample_estimator(setup, prob, student, setup.log_p_c)
+        t0 = time.perf_counter()
+        dual = prob.estimate_dual(samples=setup.split.train_images)
+        tr = PrimalDualTrainer(prob, model, primal="reweighted_dsm", estimator=est,
+                               init_multipliers=dual, dual_lr=cfg.dual_lr, **opts)
+        _fit(tr, cfg.steps, progress, "LU")
+        last = tr.last_estimate
+        finish(student, t0, [float(v) for v in tr.multipliers],
+               {"level": levels["LU"], "primal": "reweighted_dsm",
+                "warm_start": [float(v) for v in dual.multipliers],
+                "likelihood": "classifier log p(c|x)"},
+               {"constraint_estimate": None if last is None else float(last.constraints[0])})
+    elif name in ("FU", "SISS"):
+        prob = _fu_problem(setup, levels["FU"])
+        student = setup.student()
+        model = Conditioned(student, None)
+        est = _fu_estimator(setup, prob, levels["_fu_base"])
+        t0 = time.perf_counter()
+        lam_max = float(prob.lam_max[0])
+        if name == "FU":
+            tr = PrimalDualTrainer(prob, model, primal="composed", estimator=est,
+                                   dual_lr=cfg.dual_lr, **opts)
+            setting = {"level": levels["FU"], "lam_max": lam_max, "primal": "composed"}
+        else:
+            lam_siss = 0.9 * lam_max
+            tr = FixedWeightTrainer(prob, model, [lam_siss], primal="composed", estimator=est,
+                                    **opts)
+            setting = {"lam": lam_siss, "lam_max": lam_max, "kappa": 0.5,
+                       "note": "fixed-weight signed loss; SISS's importance-sampled estimator "
+                       "and scaling_norm are not reproduced"}
+        _fit(tr, cfg.steps, progress, name)
+        last = tr.last_estimate
+        finish(student, t0, [float(v) for v in tr.multipliers], setting,
+               {"constraint_estimate": None if last is None else float(last.constraints[0])})
+    elif name == "NegGrad":
+        from ..datasets.digits import tensor_sampler
+
+        student = setup.student()
+        model = Conditioned(student, None)
+        opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad],
+                               lr=cfg.primal_lr)
+        g = torch.Generator().manual_seed(cfg.seed)
+        retain = tensor_sampler(setup.retain_images)
+        t0 = time.perf_counter()
+        from tqdm.auto import tqdm
+
+        for _ in tqdm(range(cfg.steps), desc="NegGrad", disable=not progress, leave=False):
+            xr = retain(cfg.batch_size, g)
+            loss = neggrad_loss(model, xr, setup.forget_images, 1.0, g,
+                                forget_weight=cfg.neggrad_forget_weight)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+            opt.step()
+        finish(student, t0, [], {"retain_weight": 1.0,
+                                 "forget_weight": cfg.neggrad_forget_weight})
+    return out
+
+
+# ------------------------------------------------------------------------------ figures
+def _figures(folder: Path, pre: dict[str, Any], rows: list[dict[str, Any]],
+             samples: dict[str, torch.Tensor], c: int) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - optional
+        return []
+    names: list[str] = []
+
+    def save(fig: Any, name: str) -> None:
+        tmp = folder / f".tmp-{name}"
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        os.replace(tmp, folder / name)
+        plt.close(fig)
+        names.append(name)
+
+    for label, x in samples.items():
+        n = min(64, x.shape[0])
+        fig, axes = plt.subplots(8, 8, figsize=(4, 4))
+        for i, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if i < n:
+                ax.imshow(x[i, 0].numpy(), cmap="gray_r", vmin=-1, vmax=1)
+        fig.suptitle(f"{label}: unconditional samples")
+        save(fig, f"samples_{label}.png")
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    allrows = [("pretrained", pre)] + [(_label(r), r) for r in rows]
+    w = 0.8 / len(allrows)
+    for j, (label, r) in enumerate(allrows):
+        ax.bar([k + j * w for k in range(10)], r["class_proportions"], width=w, label=label)
+    ax.set_xticks([k + 0.4 - w / 2 for k in range(10)], [str(k) for k in range(10)])
+    ax.set_xlabel(f"class predicted by the digits classifier (forgotten: {c})")
+    ax.set_ylabel("fraction of unconditional samples")
+    ax.legend(fontsize=7, ncol=4)
+    save(fig, "class_proportions.png")
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for label, r in allrows:
+        if r.get("deviation") is None:
+            continue
+        ax.scatter(r["deviation"], r["forget_accuracy"], label=label)
+    ax.set_xlabel("deviation: path-KL to the pretrained model [nats]")
+    ax.set_ylabel(f"forget accuracy (fraction of class {c})")
+    ax.legend(fontsize=7)
+    save(fig, "tradeoff.png")
+    return names
+
+
+def _label(row: dict[str, Any]) -> str:
+    anchor = row.get("setting", {}).get("anchor")
+    return f"{row['method']}-{anchor[0]}" if anchor else str(row["method"])
+
+
+# ------------------------------------------------------------------------------ driver
+def pretrained_levels(
+    setup: DigitsSetup,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+    r"""Evaluate the pretrained model and set the levels relative to it.
+
+    Returns
+    -------
+    (pretrained metrics, levels, samples)
+        ``levels``: ``"RU"`` = :math:`C_0 + \delta_{RU}` with :math:`C_0 = E_{data}[\log
+        p(c) - \log p(c\mid x)]`; ``"LU"`` = :math:`E_{data}[\log p(c\mid x)] -
+        \delta_{LU}`; ``"FU"`` = ``fu_level`` or the held-out minus forget NLL gap (at least
+        0.1 nats); ``"_fu_base"`` = the pretrained per-image ELBO NLLs of the forget set (the FU
+        estimator's reference, same random numbers). ``samples``: ``{"pretrained": (64, 1, 8,
+        8)}``.
+    """
+    from ..diffusion.likelihood import elbo
+    from ..models import Conditioned
+
+    cfg = setup.cfg
+    pre = evaluate(setup, setup.net, cfg.seed)
+    samples = {"pretrained": pre.pop("_samples")}
+    with torch.no_grad():
+        x = setup.split.train_images
+        c0_ru = float(setup.log_ratio()(x).mean())
+        c0_lu = float(setup.log_p_c(x).mean())
+        base = -elbo(Conditioned(setup.teacher, None), setup.forget_images, n_t=cfg.elbo_draws,
+                     generator=torch.Generator().manual_seed(777)).to(torch.float64)
+    gap = pre["heldout_nll"] - pre["forget_nll"]
+    fu_level = cfg.fu_level if cfg.fu_level is not None else max(gap, 0.1)
+    levels: dict[str, Any] = {
+        "RU": c0_ru + cfg.ru_delta, "LU": c0_lu - cfg.lu_delta, "FU": fu_level,
+        "_fu_base": base,
+    }
+    pre.update({"ru_constraint_on_data": c0_ru, "lu_constraint_on_data": c0_lu,
+                "nll_gap_heldout_minus_forget": gap})
+    return pre, levels, samples
+
+
+def run_digits(output: str | os.PathLike[str], config: DigitsConfig | None = None, *,
+               progress: bool | None = None) -> dict[str, Any]:
+    r"""Run the digits experiment and write ``output/report.json`` and the figures.
+
+    Parameters
+    ----------
+    output
+        Output folder (created if missing; must not be a file).
+    config
+        Budget and settings (default :meth:`DigitsConfig.quick`).
+    progress
+        tqdm bars; default: only when stdout is a terminal.
+
+    Returns
+    -------
+    dict
+        The report: ``{"pretrained": {...}, "methods": [{"method", "forget_accuracy",
+        "retained_accuracy", "fd_retained", "forget_nll", "retain_nll", "heldout_nll",
+        "deviation", "multipliers", "setting", "steps", "wall_s", ...}], "targets": {...},
+        "config": {...}, "wall_s"}``.
+
+    Raises
+    ------
+    ValueError
+        Bad configuration (:meth:`DigitsConfig.validate`).
+    NotADirectoryError
+        ``output`` exists and is not a folder.
+    """
+    cfg = (config or DigitsConfig.quick()).validate()
+    folder = Path(output)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            f"run_digits: parameter 'output' must be a folder, got the file {str(folder)!r}"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    if progress is None:
+        progress = sys.stdout.isatty()
+    t_start = time.perf_counter()
+    report: dict[str, Any] = {"status": "incomplete", "config": asdict(cfg)}
+    _write_json(folder / "report.json", report)
+    torch.manual_seed(cfg.seed)
+    setup = DigitsSetup(cfg)
+
+    pre, levels, samples = pretrained_levels(setup)
+    rows: list[dict[str, Any]] = []
+    for name in cfg.methods:
+        for row in run_method(setup, name, levels, progress):
+            samples[_label(row)] = row.pop("_samples")
+            rows.append(row)
+    report = {
+        "status": "complete",
+        "pretrained": pre,
+        "levels": {k: v for k, v in levels.items() if not k.startswith("_")},
+        "methods": rows,
+        "targets": _targets(pre, rows, levels["FU"]),
+        "config": asdict(cfg),
+        "threads": torch.get_num_threads(),
+        "parameter_subset": "all UNet parameters (every method)",
+    }
+    report["figures"] = _figures(folder, pre, rows, samples, setup.c)
+    report["wall_s"] = time.perf_counter() - t_start
+    _write_json(folder / "report.json", report)
+    return report
+
+
+def _targets(pre: dict[str, Any], rows: list[dict[str, Any]], fu_level: float
+             ) -> dict[str, Any]:
+    """The issue's targets, each with its measured values and a pass flag."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        m = r["method"]
+        if m in ("RU", "LU"):
+            halved = r["forget_accuracy"] <= 0.5 * pre["forget_accuracy"]
+            kept = r["retained_accuracy"] >= 0.9 * pre["retained_accuracy"]
+            out[m] = {"rule": "forget_accuracy <= 0.5 * pretrained and retained_accuracy >= "
+                      "0.9 * pretrained", "forget_accuracy": r["forget_accuracy"],
+                      "pretrained_forget_accuracy": pre["forget_accuracy"],
+                      "retained_accuracy": r["retained_accuracy"],
+                      "pretrained_retained_accuracy": pre["retained_accuracy"],
+                      "passed": bool(halved and kept)}
+        if m == "FU":
+            rise = r["forget_nll"] - pre["forget_nll"]
+            held = abs(r["heldout_nll"] - pre["heldout_nll"])
+            ok = abs(rise - fu_level) <= 0.1 * fu_level and held < 0.1 * abs(rise)
+            out[m] = {"rule": "|forget NLL rise - level| <= 0.1 level and |held-out NLL change| "
+                      "< 0.1 forget NLL rise", "forget_nll_rise": rise, "level": fu_level,
+                      "heldout_nll_change": held, "passed": bool(ok)}
+    return out
+
+
+def smoke_config() -> DigitsConfig:
+    """A tiny budget for tests (seconds of training; the numbers mean nothing)."""
+    return replace(DigitsConfig(), steps=2, batch_size=16, estimate_every=1,
+                   estimate_samples=4, n_uncond=16, n_per_class=2, sample_steps=3,
+                   elbo_draws=1, n_retain_eval=16)

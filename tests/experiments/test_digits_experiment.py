@@ -1,0 +1,166 @@
+"""``dualdiff digits``: usage errors, configuration checks, a smoke run, and the --quick run.
+
+The smoke run uses a tiny budget (2 steps, a few samples): it checks the pipeline, the report's
+schema and the invariants that hold at any budget (strict JSON, multipliers inside their dual
+domains, zero deviation of the pretrained model from itself, forget accuracy equal to the
+forgotten class's proportion), not the unlearning quality, which only the --quick run measures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+from dualdiff.cli import main
+from dualdiff.experiments.digits import DigitsConfig, run_digits
+
+KEYS = {
+    "method", "forget_accuracy", "retained_accuracy", "fd_retained", "forget_nll",
+    "retain_nll", "heldout_nll", "deviation", "multipliers", "setting", "steps", "wall_s",
+}
+
+
+def _strict(path: Path) -> dict:
+    def reject(token: str) -> float:
+        raise AssertionError(f"non-finite JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    assert main(["digits", "--output", str(f)]) == 2
+    assert "--output must be a folder" in capsys.readouterr().err
+    assert main(["digits", "--output", str(tmp_path), "--forget-class", "12"]) == 2
+    assert "expected a digit 0..9, got '12'" in capsys.readouterr().err
+    assert main(["digits", "--output", str(tmp_path), "--steps", "0"]) == 2
+    assert main(["digits", "--output", str(tmp_path), "--methods", "XX"]) == 2
+    assert main(["digits", "--output", str(tmp_path), "--quick", "--full"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert not (tmp_path / "report.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"steps": 0}, r"DigitsConfig: parameter 'steps' must be an int >= 1, got 0"),
+        ({"forget_class": 10}, r"DigitsConfig: parameter 'forget_class' must be an int in 0\.\.9"),
+        ({"primal_lr": -1.0}, r"DigitsConfig: parameter 'primal_lr' must be a number > 0"),
+        ({"esd_eta_conditional": 1.0}, r"'esd_eta_conditional' must be > 1"),
+        ({"methods": ("RU", "XX")}, r"'methods' must be a non-empty subset"),
+        ({"fu_level": 0.0}, r"'fu_level' must be > 0 or None"),
+        ({"esd_anchors": ("both",)}, r"'esd_anchors' must be a non-empty subset"),
+    ],
+)
+def test_config_validation(change: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        DigitsConfig(**change).validate()
+
+
+def test_run_digits_refuses_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_text("")
+    with pytest.raises(NotADirectoryError, match=r"run_digits: parameter 'output' must be a"):
+        run_digits(f)
+
+
+def _check_report(out: Path, methods: list[str]) -> dict:
+    rep = _strict(out / "report.json")
+    assert rep["status"] == "complete"
+    pre = rep["pretrained"]
+    # the pretrained model against its frozen copy: the path-KL is exactly zero
+    assert pre["deviation"] == 0.0
+    c = rep["config"]["forget_class"]
+    for row in [pre, *rep["methods"]]:
+        assert row["forget_accuracy"] == pytest.approx(row["class_proportions"][c], abs=1e-12)
+        assert 0.0 <= row["retained_accuracy"] <= 1.0
+        assert math.isfinite(row["forget_nll"]) and math.isfinite(row["heldout_nll"])
+    assert [r["method"] for r in rep["methods"] if r["method"] != "ESD"] == [
+        m for m in methods if m != "ESD"
+    ]
+    for row in rep["methods"]:
+        assert KEYS <= set(row), KEYS - set(row)
+        assert row["steps"] == rep["config"]["steps"]
+        lam = row["multipliers"]
+        if row["method"] in ("RU", "ESD"):
+            assert len(lam) == 1 and 0.0 <= lam[0] < 1.0
+        if row["method"] in ("FU", "SISS"):
+            assert 0.0 <= lam[0] <= 30 / 1500 + 1e-12
+        if row["method"] == "LU":
+            assert lam[0] >= 0.0
+    for name in rep["figures"]:
+        assert (out / name).stat().st_size > 0
+    assert {"class_proportions.png", "tradeoff.png", "samples_pretrained.png"} <= set(
+        rep["figures"]
+    )
+    return rep
+
+
+@pytest.mark.slow  # ~40 s on one shared core (model load + three runs + evaluations)
+def test_smoke_command(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    methods = ["RU", "FU", "NegGrad"]
+    assert main(["digits", "--smoke", "--no-progress", "--methods", *methods,
+                 "--output", str(out)]) == 0
+    _check_report(out, methods)
+
+
+@pytest.mark.slow  # ~60 s: every method at the smoke budget
+def test_smoke_all_methods(tmp_path: Path) -> None:
+    from dualdiff.experiments.digits import METHODS, smoke_config
+
+    rep = run_digits(tmp_path, smoke_config(), progress=False)
+    _check_report(tmp_path, list(METHODS))
+    anchors = [r["setting"]["anchor"] for r in rep["methods"] if r["method"] == "ESD"]
+    assert anchors == ["unconditional", "conditional"]
+
+
+@pytest.mark.slow  # the --quick run itself: minutes
+def test_quick_run(tmp_path: Path) -> None:
+    assert main(["digits", "--quick", "--no-progress", "--output", str(tmp_path)]) == 0
+    rep = _check_report(tmp_path, ["RU", "LU", "FU", "ESD", "SISS", "NegGrad"])
+    assert rep["wall_s"] < 15 * 60
+
+
+def test_report_json_is_strict_and_atomic(tmp_path: Path) -> None:
+    from dualdiff.experiments.digits import _write_json
+
+    path = tmp_path / "report.json"
+    _write_json(path, {"a": 1.0})
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        _write_json(path, {"a": float("nan")})
+    # the old report is intact and no temporary file is left behind
+    assert json.loads(path.read_text()) == {"a": 1.0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_target_rules() -> None:
+    from dualdiff.experiments.digits import _targets
+
+    pre = {"forget_accuracy": 0.2, "retained_accuracy": 0.9, "forget_nll": 10.0,
+           "heldout_nll": 20.0}
+
+    def row(method: str, **kw: float) -> dict:
+        base = {"forget_accuracy": 0.1, "retained_accuracy": 0.82, "forget_nll": 12.0,
+                "heldout_nll": 20.1}
+        return {"method": method, **base, **kw}
+
+    t = _targets(pre, [row("RU"), row("LU", forget_accuracy=0.1001),
+                       row("FU"), row("NegGrad")], fu_level=2.0)
+    assert t["RU"]["passed"] is True            # 0.1 <= 0.5 * 0.2 and 0.82 >= 0.9 * 0.9
+    assert t["LU"]["passed"] is False           # not halved
+    assert t["FU"]["passed"] is True            # rise 2.0 = level, held-out 0.1 < 0.2
+    assert "NegGrad" not in t
+    t = _targets(pre, [row("RU", retained_accuracy=0.80), row("FU", heldout_nll=20.25)], 2.0)
+    assert t["RU"]["passed"] is False           # 0.80 < 0.81 = 0.9 * 0.9
+    assert t["FU"]["passed"] is False           # held-out moved 0.25, not < 0.2
+    t = _targets(pre, [row("FU", forget_nll=12.3)], 2.0)
+    assert t["FU"]["passed"] is False           # rise 2.3 misses 2.0 by 15%
