@@ -38,6 +38,7 @@ from ..domain import (
 from ..duality import Certificate, DualEval
 from ..integration import GridQuadrature, MonteCarlo
 from ..models.gaussian_mixture import GaussianMixture
+from ..models.protocol import ScoreModel
 from ..targets import GeometricTarget, SignedMixtureTarget
 from ..targets._atoms import Atoms, signed_log_sum
 from ..targets.potentials import LogLikelihood
@@ -141,7 +142,7 @@ class KLConstrainedProblem(AnalyticProblem):
 
     def __init__(
         self,
-        pretrained: GaussianMixture,
+        pretrained: GaussianMixture | ScoreModel,
         unlearn: Any,
         bounds: Any,
         *,

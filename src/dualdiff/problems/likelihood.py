@@ -24,6 +24,7 @@ from ..domain import log_tilt_in_domain, log_tilt_upper_bounds, tilt_bound
 from ..duality import Certificate, DualEval
 from ..integration import GridQuadrature, MonteCarlo
 from ..models.gaussian_mixture import GaussianMixture
+from ..models.protocol import ScoreModel
 from ..targets import GeometricTarget
 from ..targets.potentials import CallableLikelihood, DensityLikelihood, LogLikelihood, Potential
 from ._estimates import estimate_on_model_samples
@@ -96,7 +97,7 @@ class LikelihoodConstrainedProblem(AnalyticProblem):
 
     def __init__(
         self,
-        pretrained: GaussianMixture,
+        pretrained: GaussianMixture | ScoreModel,
         unlearn: Any,
         bounds: Any,
         *,
