@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .._constants import FLOAT64 as _DTYPE
 from .._errors import DualDomainError
 from .._validation import as_tensor, check_positive
 from ..diffusion.losses import denoising_score_matching_loss
@@ -25,7 +26,6 @@ __all__ = [
     "train_fixed_weight",
 ]
 
-_DTYPE = torch.float64
 
 
 # ------------------------------------------------------------------------------------ NegGrad

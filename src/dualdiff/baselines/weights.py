@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import torch
 
+from .._constants import FLOAT64 as _DTYPE
 from .._validation import as_tensor, check_choice, check_positive
 from ..targets import GeometricTarget, SignedMixtureTarget
 
@@ -23,7 +24,6 @@ __all__ = [
     "neggrad_lambda",
 ]
 
-_DTYPE = torch.float64
 Anchor = Literal["unconditional", "conditional"]
 _ANCHORS: tuple[str, ...] = ("unconditional", "conditional")
 

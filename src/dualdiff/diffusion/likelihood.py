@@ -24,6 +24,7 @@ from typing import Any, Literal, NamedTuple, get_args, overload
 
 import torch
 
+from .._constants import LOG_2PI as _LOG_2PI
 from .._errors import DataScaleWarning
 from .._validation import check_choice, check_finite, check_int, check_positive
 from ..models.interface import check_score_model, predict_eps, resolve_schedule
@@ -50,7 +51,6 @@ Divergence = Literal["auto", "exact", "hutchinson"]
 _DIVERGENCES: tuple[str, ...] = get_args(Divergence)
 TimeSampling = Literal["log_snr", "uniform"]
 _TIME_SAMPLINGS: tuple[str, ...] = get_args(TimeSampling)
-_LOG_2PI = math.log(2.0 * math.pi)
 _AUTO_EXACT_MAX_DIM = 8
 
 

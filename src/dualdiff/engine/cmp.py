@@ -53,6 +53,7 @@ from cooper.formulations import AugmentedLagrangian, Lagrangian
 from cooper.penalty_coefficients import DensePenaltyCoefficient
 from cooper.utils import ConstraintType
 
+from .._constants import FLOAT64 as _DTYPE
 from .._errors import NonFiniteError
 from .._validation import check_positive
 from ..problems.dual_domain import DualDomainProjection
@@ -64,7 +65,6 @@ from .projected_multiplier import ProjectedMultiplier
 
 __all__ = ["NonFiniteStep", "UnlearningCMP", "UnlearningCMPState"]
 
-_DTYPE = torch.float64
 
 
 class NonFiniteStep(NonFiniteError):

@@ -38,6 +38,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from .._constants import FLOAT64 as _DTYPE
 from ..problems.contract import ConstraintEstimate, DensityEstimator
 from .options import resolve
 
@@ -45,7 +46,6 @@ __all__ = ["ConstraintEstimate", "ConstraintEstimator", "EstimatorMethod", "viol
 
 EstimatorMethod = Literal["auto", "exact", "ode", "elbo"]
 _METHODS: tuple[str, ...] = get_args(EstimatorMethod)
-_DTYPE = torch.float64
 
 
 def violations_from(problem: Any, constraints: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .._constants import FLOAT64 as _DTYPE
 from ..diffusion.losses import denoising_score_matching_loss
 from ..models.interface import predict_eps, resolve_schedule
 from ..models.schedule import NoiseSchedule
@@ -49,7 +50,6 @@ __all__ = [
     "make_primal_form",
 ]
 
-_DTYPE = torch.float64
 DataSampler = Callable[[int, "torch.Generator | None"], torch.Tensor]
 """``sampler(n, generator) -> (n, *event)`` tensor of data points."""
 

@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from cooper.multipliers import DenseMultiplier
 
+from .._constants import FLOAT64 as _DTYPE
 from .._errors import DualDomainError
 from .._validation import as_tensor
 from ..problems.dual_domain import DualDomainProjection
 
 __all__ = ["ProjectedMultiplier"]
 
-_DTYPE = torch.float64
 
 
 class ProjectedMultiplier(DenseMultiplier):

@@ -17,20 +17,19 @@ representable (RU targets, powers of mixtures, only approximately).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._constants import LOG_2PI as _LOG_2PI
 from .._validation import as_tensor
 from ..models.gaussian_mixture import GaussianMixture
 from ..models.schedule import NoiseSchedule, VPSchedule
 
 __all__ = ["TrainableGaussianMixture"]
 
-_LOG_2PI = math.log(2.0 * math.pi)
 _PARTS = ("weights", "means", "variances")
 
 

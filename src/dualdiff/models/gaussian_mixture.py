@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
+from .._constants import LOG_2PI as _LOG_2PI
 from .._errors import NonFiniteError
 from .._validation import as_tensor, check_finite
 from .schedule import NoiseSchedule, VPSchedule
 
 __all__ = ["GaussianMixture"]
 
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 class GaussianMixture:

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .._constants import FLOAT64 as _DTYPE
+from .._constants import LOG_2PI as _LOG_2PI
 from ..models.gaussian_mixture import GaussianMixture
 
 __all__ = [
@@ -51,8 +53,6 @@ __all__ = [
     "tilted_mixture",
 ]
 
-_LOG_2PI = math.log(2.0 * math.pi)
-_DTYPE = torch.float64
 #: Most (p0-component, q-component choice) combinations an envelope enumerates.
 _MAX_COMBOS = 256
 

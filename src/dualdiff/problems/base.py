@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .._constants import FLOAT64 as _DTYPE
 from .._errors import DualDomainError, NonFiniteError
 from .._validation import as_tensor
 from ..duality import Certificate, DualEval, DualSolution, maximize_dual
@@ -33,7 +34,6 @@ from .dual_domain import DualDomain
 
 __all__ = ["AnalyticProblem", "UnlearningProblem"]
 
-_DTYPE = torch.float64
 
 
 def _as_mixture(obj: Any, name: str, owner: str) -> GaussianMixture:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from .._constants import FLOAT64 as _DTYPE
 from .._errors import ClosedFormUnavailableError
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ __all__ = [
     "mean_se",
 ]
 
-_DTYPE = torch.float64
 
 DataSampler = Callable[[int, "torch.Generator | None"], torch.Tensor]
 """``sampler(n, generator) -> (n, *event)`` tensor of data points."""

@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 
+from .._constants import FLOAT64 as _DTYPE
 from .._errors import DualDomainError
 from .._validation import as_tensor, check_positive
 
 __all__ = ["DualDomain", "DualDomainProjection", "project_capped_box"]
 
-_DTYPE = torch.float64
 
 
 def project_capped_box(lam: torch.Tensor, upper: torch.Tensor, cap: float) -> torch.Tensor:

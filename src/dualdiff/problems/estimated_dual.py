@@ -38,12 +38,12 @@ from typing import Any
 
 import torch
 
+from .._constants import FLOAT64 as _DTYPE
 from .._errors import LowEffectiveSampleSizeWarning
 from ..duality import Certificate, DualEval, DualSolution, maximize_dual
 
 __all__ = ["EstimatedDualSolution", "MonteCarloDual", "TradeoffPoint"]
 
-_DTYPE = torch.float64
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from .._constants import FLOAT64 as _DTYPE
 from .._errors import DualEstimateUnavailableError
 from .._validation import as_tensor, check_choice
 from ..models.protocol import ScoreModel
@@ -61,7 +62,6 @@ __all__ = [
     "classifier_log_ratio",
 ]
 
-_DTYPE = torch.float64
 
 
 def classifier_log_ratio(

@@ -29,6 +29,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from .._constants import FLOAT64 as _DTYPE
+from .._constants import LOG_2PI as _LOG_2PI
 from .._validation import check_finite, check_positive
 from ..integration import GridQuadrature
 from ..models.gaussian_mixture import GaussianMixture
@@ -36,8 +38,6 @@ from ..models.schedule import NoiseSchedule, VPSchedule
 
 __all__ = ["ExactNoisedTarget", "ScoreErrorProfile", "composed_score_error"]
 
-_DTYPE = torch.float64
-_LOG_2PI = math.log(2.0 * math.pi)
 # Sums below this are treated as underflowed and recomputed in log space.
 _TINY = 1e-280
 # Upper bound on the number of float64 entries in one (chunk x grid-axis) block.
