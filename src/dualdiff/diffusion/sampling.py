@@ -32,6 +32,7 @@ __all__ = [
     "SamplerOutput",
     "prior_sample",
     "probability_flow_drift",
+    "reverse_sde_mean",
     "sample_ode",
     "sample_sde",
 ]
@@ -191,6 +192,17 @@ def _start(
     )
 
 
+def reverse_sde_mean(x: torch.Tensor, score: Any, f: Any, g2: Any, h: Any) -> torch.Tensor:
+    r"""Mean of one Euler–Maruyama step of the reverse SDE, :math:`x - h\,[f x - g^2 s]`.
+
+    The one owner of the step: :func:`sample_sde` and the engine's sampler Lagrangian
+    (:class:`~dualdiff.engine.SamplerLagrangian`) both call it. ``score`` is shaped like ``x``;
+    ``f`` (drift coefficient), ``g2`` (squared diffusion coefficient) and ``h`` (step size) are
+    scalars or broadcastable tensors.
+    """
+    return x - h * (f * x - g2 * score)
+
+
 @overload
 def sample_sde(
     model: ScoreModel,
@@ -301,7 +313,7 @@ def sample_sde(
             f = _scalar(sched.drift_coef, t, x.dtype)
             g = _scalar(sched.g, t, x.dtype)
             z = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-            x = x - h * (f * x - g**2 * score.to(x.dtype)) + g * torch.sqrt(h) * z
+            x = reverse_sde_mean(x, score.to(x.dtype), f, g**2, h) + g * torch.sqrt(h) * z
             if return_trajectory:
                 traj.append(x)
             if bar is not None:

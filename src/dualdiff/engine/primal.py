@@ -34,6 +34,7 @@ import torch
 
 from .._constants import FLOAT64 as _DTYPE
 from ..diffusion.losses import denoising_score_matching_loss
+from ..diffusion.sampling import reverse_sde_mean
 from ..models.interface import predict_eps, resolve_schedule
 from ..models.schedule import NoiseSchedule
 from .options import EngineConfigurationError, resolve
@@ -608,8 +609,7 @@ def _model_eps(model: Any, x: torch.Tensor, st: _EMStep) -> torch.Tensor:
 
 def _em_mean(x: torch.Tensor, eps: torch.Tensor, st: _EMStep) -> torch.Tensor:
     r"""Transition mean :math:`x - h[f x - g^2 s]`, :math:`s = -\hat\varepsilon/\sigma`."""
-    score = -eps / st.sigma
-    return x - st.h * (st.f * x - st.g2 * score)
+    return reverse_sde_mean(x, -eps / st.sigma, st.f, st.g2, st.h)
 
 
 def _path_log_prob(model: Any, states: list[torch.Tensor], grid: list[_EMStep]) -> torch.Tensor:
