@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any
 
@@ -46,6 +47,41 @@ CHECKPOINT = "ring8_eps_mlp.pt"
 COND_ARCH = {"dim": 2, "n_classes": 8, "hidden": 128, "depth": 3, "time_embedding_dim": 32}
 COND_CHECKPOINT = "ring8_cond_eps_mlp.pt"
 
+
+
+def _adam_cosine(
+    net: torch.nn.Module,
+    loss: Callable[[], torch.Tensor],
+    steps: int,
+    lr: float,
+    progress: bool,
+    desc: str,
+) -> None:
+    """``steps`` Adam steps on ``loss()`` with a cosine-decayed step size; ``net`` left in eval."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    it: Iterable[int] = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=desc)
+    for _ in it:
+        value = loss()
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        sched.step()
+    net.eval()
+
+
+def _load_shipped(net: torch.nn.Module, checkpoint: str) -> ModuleScoreModel:
+    """``net`` with the shipped weights ``checkpoint`` (CPU, eval), as a noise-prediction model."""
+    ref = resources.files("dualdiff.datasets").joinpath(checkpoint)
+    with resources.as_file(ref) as path:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    net.eval()
+    return ModuleScoreModel(net, prediction="eps")
 
 def ring_mixture(
     n: int = 8, radius: float = 4.0, std: float = 0.5, dtype: torch.dtype = torch.float64
@@ -92,33 +128,18 @@ def pretrain_ring_model(
     p0 = ring_mixture()
     net = MLPScoreNet(**ARCH)
     model = ModuleScoreModel(net, prediction="eps")
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    it = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
 
-        it = tqdm(it, desc="pretraining ring model")
-    for _ in it:
+    def loss() -> torch.Tensor:
         x = p0.sample(batch_size, generator=gen).float()
-        loss = denoising_score_matching_loss(model, x, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    net.eval()
+        return denoising_score_matching_loss(model, x, generator=gen)
+
+    _adam_cosine(net, loss, steps, lr, progress, "pretraining ring model")
     return model
 
 
 def load_pretrained_ring() -> ModuleScoreModel:
     """The shipped pretrained ring model (float32, CPU), wrapped as a score model."""
-    net = MLPScoreNet(**ARCH)
-    ref = resources.files("dualdiff.datasets").joinpath(CHECKPOINT)
-    with resources.as_file(ref) as path:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    net.load_state_dict(state)
-    net.eval()
-    return ModuleScoreModel(net, prediction="eps")
+    return _load_shipped(MLPScoreNet(**ARCH), CHECKPOINT)
 
 
 def pretrain_conditional_ring_model(
@@ -147,23 +168,14 @@ def pretrain_conditional_ring_model(
     p0 = ring_mixture()
     net = CondMLPScoreNet(**COND_ARCH)
     model = ModuleScoreModel(net, prediction="eps")
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    it = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
 
-        it = tqdm(it, desc="pretraining the conditional ring model")
-    for _ in it:
+    def loss() -> torch.Tensor:
         x, labels = sample_labelled(p0, batch_size, gen)
         drop = torch.rand(batch_size, generator=gen) < p_uncond
         labels = torch.where(drop, torch.full_like(labels, NULL_CLASS), labels)
-        loss = denoising_score_matching_loss(model, x.float(), generator=gen, cond=labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    net.eval()
+        return denoising_score_matching_loss(model, x.float(), generator=gen, cond=labels)
+
+    _adam_cosine(net, loss, steps, lr, progress, "pretraining the conditional ring model")
     return model
 
 
@@ -173,13 +185,7 @@ def load_pretrained_conditional_ring() -> ModuleScoreModel:
     ``Conditioned(model, None)`` is its model of :func:`ring_mixture` (the null class),
     ``Conditioned(model, c)`` its model of component ``c``.
     """
-    net = CondMLPScoreNet(**COND_ARCH)
-    ref = resources.files("dualdiff.datasets").joinpath(COND_CHECKPOINT)
-    with resources.as_file(ref) as path:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    net.load_state_dict(state)
-    net.eval()
-    return ModuleScoreModel(net, prediction="eps")
+    return _load_shipped(CondMLPScoreNet(**COND_ARCH), COND_CHECKPOINT)
 
 
 def conditional_ring_kl(
