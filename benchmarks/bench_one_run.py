@@ -227,7 +227,7 @@ def decide(tr: dict[str, list[float]], b: float, tol: float, window: int) -> dic
     vals, steps = tr["kl_q"], tr["step"]
     w = window // (steps[1] - steps[0])
     final = statistics.fmean(vals[-w:])
-    final_p0 = statistics.fmean(tr["kl_p0"][-w:])
+    final_p0 = statistics.fmean(tr["kl_p0"][-w:]) if tr.get("kl_p0") else None
     settle = next((steps[i] for i in range(len(vals) - w) if _stays(vals, i, w, final, tol)), None)
     over_at = next((s for s, v in zip(steps, vals, strict=True) if v > b + 2 * tol), None)
     if abs(final - b) <= tol:

@@ -21,7 +21,8 @@ FU:
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, overload
 
 import torch
 
@@ -140,6 +141,34 @@ class KLConstrainedProblem(AnalyticProblem):
             return super().__new__(sub)
         return super().__new__(cls)
 
+    @overload
+    def __init__(
+        self,
+        pretrained: GaussianMixture,
+        unlearn: Any,
+        bounds: Any,
+        *,
+        direction: Literal["reverse", "forward"] | None = None,
+        integration: str | GridQuadrature | MonteCarlo = "auto",
+    ) -> None: ...
+
+    @overload
+    def __init__(  # the model-level problems (model_level.py), typed for the caller
+        self,
+        pretrained: ScoreModel,
+        unlearn: Any,
+        bounds: Any,
+        *,
+        direction: Literal["reverse", "forward"] | None = None,
+        log_ratio: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        pretrained_data: Any = None,
+        training_set_size: int | None = None,
+        lam_max: Any = None,
+        event_shape: Sequence[int] | None = None,
+        density: DensityEstimator | None = None,
+        pool_size: int = 2048,
+    ) -> None: ...
+
     def __init__(
         self,
         pretrained: GaussianMixture | ScoreModel,
@@ -148,7 +177,14 @@ class KLConstrainedProblem(AnalyticProblem):
         *,
         direction: Literal["reverse", "forward"] | None = None,
         integration: str | GridQuadrature | MonteCarlo = "auto",
+        **model_options: Any,
     ) -> None:
+        if model_options:
+            raise TypeError(
+                f"{type(self).__name__}: keyword(s) {sorted(model_options)} apply only when "
+                "'pretrained' is a score model (the model-level problems); with a "
+                "GaussianMixture the keywords are 'direction' and 'integration'"
+            )
         own = self._direction
         if direction is None:
             direction = "reverse" if own is None else own  # type: ignore[assignment]

@@ -13,8 +13,8 @@ The problem is convex (the constraint is linear in :math:`p`). The other reading
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, overload
 
 import torch
 
@@ -95,6 +95,33 @@ class LikelihoodConstrainedProblem(AnalyticProblem):
             return obj
         return super().__new__(cls)
 
+    @overload
+    def __init__(
+        self,
+        pretrained: GaussianMixture,
+        unlearn: Any,
+        bounds: Any,
+        *,
+        likelihood: str | Callable[[torch.Tensor, int], torch.Tensor] = "log",
+        expectation: str = "model",
+        integration: str | GridQuadrature | MonteCarlo = "auto",
+    ) -> None: ...
+
+    @overload
+    def __init__(  # the model-level problem (model_level.py), typed for the caller
+        self,
+        pretrained: ScoreModel,
+        unlearn: Any,
+        bounds: Any,
+        *,
+        likelihood: str = "log",
+        expectation: str = "model",
+        pretrained_data: Any = None,
+        event_shape: Sequence[int] | None = None,
+        density: DensityEstimator | None = None,
+        pool_size: int = 2048,
+    ) -> None: ...
+
     def __init__(
         self,
         pretrained: GaussianMixture | ScoreModel,
@@ -104,8 +131,15 @@ class LikelihoodConstrainedProblem(AnalyticProblem):
         likelihood: str | Callable[[torch.Tensor, int], torch.Tensor] = "log",
         expectation: str = "model",
         integration: str | GridQuadrature | MonteCarlo = "auto",
+        **model_options: Any,
     ) -> None:
         owner = "LikelihoodConstrainedProblem"
+        if model_options:
+            raise TypeError(
+                f"{owner}: keyword(s) {sorted(model_options)} apply only when 'pretrained' is "
+                "a score model (the model-level problem); with a GaussianMixture the keywords "
+                "are 'likelihood', 'expectation' and 'integration'"
+            )
         if expectation == "unlearn":
             raise IllPosedProblemError(_ILL_POSED.format(got=expectation))
         check_choice(expectation, "expectation", owner, ["model"])

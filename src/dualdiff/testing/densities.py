@@ -128,4 +128,4 @@ def _kl_problem(
 ) -> UnlearningProblem:
     """``KLConstrainedProblem(p0, qs, bounds, direction=...)`` through its concrete subclass."""
     cls = ReverseKLProblem if direction == "reverse" else ForwardKLProblem
-    return cls(p0, qs, bounds, direction=direction, integration=integration)  # type: ignore[arg-type]
+    return cls(p0, qs, bounds, direction=direction, integration=integration)  # type: ignore[call-overload]
