@@ -228,7 +228,7 @@ def test_labels_select_the_noised_point_and_the_draw_order():
     want = siss_loss(model, x, a, 0.3, kappa=0.4, t=t, noise=noise, from_forget=b)
     assert float(got) == float(want)
     # with every label 0 the data term is the plain denoising loss (w_x = 1/((1-k)+k e^r))
-    lx, la, w_x, w_a = siss_terms(model, x, a, t, noise, torch.zeros(5), 0.4)
+    lx, _, w_x, _ = siss_terms(model, x, a, t, noise, torch.zeros(5), 0.4)
     al = torch.tensor([_alpha_sigma(float(v))[0] for v in t], dtype=torch.float64)
     si = torch.tensor([_alpha_sigma(float(v))[1] for v in t], dtype=torch.float64)
     x_t = al[:, None] * x + si[:, None] * noise
@@ -273,7 +273,7 @@ def test_scaling_norm_with_a_zero_forget_gradient_raises():
             return -x + 0.0 * self.w
 
     x = torch.randn(4, 2, dtype=torch.float64)
-    with pytest.raises(NonFiniteError, match="gradient norm is 0.0"):
+    with pytest.raises(NonFiniteError, match=r"gradient norm is 0\.0"):
         siss_loss(Frozen(), x, x, 0.1, torch.Generator().manual_seed(0), scaling_norm=1.0)
 
 
