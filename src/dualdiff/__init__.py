@@ -24,6 +24,7 @@ from .baselines import (
     esd_lambda,
     neggrad_lambda,
     neggrad_loss,
+    siss_loss,
     train_fixed_weight,
 )
 from .diffusion.likelihood import Estimate, elbo, kl_estimate, ode_log_likelihood, path_kl
@@ -140,5 +141,6 @@ __all__ = [
     "path_kl",
     "sample_ode",
     "sample_sde",
+    "siss_loss",
     "train_fixed_weight",
 ]

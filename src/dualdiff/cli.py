@@ -400,8 +400,10 @@ def _configure_digits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", action="store_true", help="a larger budget (not timed)")
     p.add_argument("--smoke", action="store_true",
                    help="a tiny budget for tests (seconds; the numbers mean nothing)")
-    p.add_argument("--methods", nargs="+", choices=["RU", "LU", "FU", "ESD", "SISS", "NegGrad"],
-                   default=None, help="methods to run (default: all)")
+    p.add_argument("--methods", nargs="+",
+                   choices=["RU", "LU", "FU", "ESD", "SISS", "NegGrad", "RU2", "LU2"],
+                   default=None,
+                   help="methods to run (default: all; RU2/LU2 remove two digits at once)")
     p.add_argument("--forget-class", type=_digit, default=None,
                    help="digit removed by RU/LU/ESD (default 0)")
     p.add_argument("--steps", type=_positive_int, default=None,

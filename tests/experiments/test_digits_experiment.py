@@ -58,6 +58,13 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         ({"methods": ("RU", "XX")}, r"'methods' must be a non-empty subset"),
         ({"fu_level": 0.0}, r"'fu_level' must be > 0 or None"),
         ({"esd_anchors": ("both",)}, r"'esd_anchors' must be a non-empty subset"),
+        ({"siss_kappa": 1.0}, r"'siss_kappa' must be a number in the open interval \(0, 1\)"),
+        ({"siss_kappa": 0.0}, r"'siss_kappa' must be a number in the open interval"),
+        ({"siss_scaling_norm": -1.0}, r"'siss_scaling_norm' must be 'auto', a number > 0"),
+        ({"siss_scaling_norm": "max"}, r"'siss_scaling_norm' must be 'auto'"),
+        ({"siss_lam": 0.02}, r"'siss_lam' must be None or in \[0, lam_max"),
+        ({"pair_forget_classes": (3, 3)}, r"'pair_forget_classes' must be two different"),
+        ({"pair_forget_classes": (3, 10)}, r"'pair_forget_classes' must be two different"),
     ],
 )
 def test_config_validation(change: dict, match: str) -> None:
@@ -79,7 +86,16 @@ def _check_report(out: Path, methods: list[str]) -> dict:
     # the pretrained model against its frozen copy: the path-KL is exactly zero
     assert pre["deviation"] == 0.0
     c = rep["config"]["forget_class"]
+    pair = rep["config"]["pair_forget_classes"]
     for row in [pre, *rep["methods"]]:
+        if row.get("method") in ("RU2", "LU2"):  # both digits of the pair, and per class
+            props = row["class_proportions"]
+            assert row["forget_accuracy"] == pytest.approx(props[pair[0]] + props[pair[1]],
+                                                           abs=1e-12)
+            assert row["forget_accuracy_per_class"] == {str(k): props[k] for k in pair}
+            assert set(row["retained_accuracy_per_class"]) == {
+                str(k) for k in range(10) if k not in pair}
+            continue
         assert row["forget_accuracy"] == pytest.approx(row["class_proportions"][c], abs=1e-12)
         assert 0.0 <= row["retained_accuracy"] <= 1.0
         assert math.isfinite(row["forget_nll"]) and math.isfinite(row["heldout_nll"])
@@ -96,6 +112,11 @@ def _check_report(out: Path, methods: list[str]) -> dict:
             assert 0.0 <= lam[0] <= 30 / 1500 + 1e-12
         if row["method"] == "LU":
             assert lam[0] >= 0.0
+        if row["method"] in ("RU2", "LU2"):
+            assert len(lam) == 2 and min(lam) >= 0.0
+            if row["method"] == "RU2":
+                assert sum(lam) < 1.0
+            assert len(row["setting"]["warm_start"]) == 2
     for name in rep["figures"]:
         assert (out / name).stat().st_size > 0
     assert {"class_proportions.png", "tradeoff.png", "samples_pretrained.png"} <= set(
@@ -123,10 +144,35 @@ def test_smoke_all_methods(tmp_path: Path) -> None:
     assert anchors == ["unconditional", "conditional"]
 
 
+@pytest.mark.slow  # ~30 s: SISS and the two-class methods at the smoke budget
+def test_smoke_siss_and_two_classes(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from dualdiff.experiments.digits import smoke_config
+
+    cfg = replace(smoke_config(), methods=("SISS", "RU2", "LU2"), pair_forget_classes=(3, 8))
+    rep = run_digits(tmp_path, cfg, progress=False)
+    _check_report(tmp_path, ["SISS", "RU2", "LU2"])
+    siss = rep["methods"][0]["setting"]
+    assert siss["kappa"] == 0.5 and "importance-sampled" in siss["estimator"]
+    # scaling_norm "auto" = 10% of the data term's gradient norm measured at the start
+    assert siss["scaling_norm"] == pytest.approx(0.1 * siss["data_grad_norm_at_pretrained"],
+                                                 rel=1e-12)
+    assert 0.0 < siss["lam"] < siss["lam_max"] == pytest.approx(30 / 1500)
+    assert all(v > 0 for v in siss["effective_forget_weight_first_last"])
+    pair = rep["pretrained"]["pair"]
+    assert pair["classes"] == [3, 8] and pair["retained_classes"] == [0, 1, 2, 4, 5, 6, 7, 9]
+    assert set(rep["targets"]) == {"RU2", "LU2"}
+    for m in ("RU2", "LU2"):
+        assert rep["levels"][m] == pytest.approx(
+            [v + (1.5 if m == "RU2" else -1.5) for v in
+             pair["ru_constraint_on_data" if m == "RU2" else "lu_constraint_on_data"]])
+
+
 @pytest.mark.slow  # the --quick run itself: minutes
 def test_quick_run(tmp_path: Path) -> None:
     assert main(["digits", "--quick", "--no-progress", "--output", str(tmp_path)]) == 0
-    rep = _check_report(tmp_path, ["RU", "LU", "FU", "ESD", "SISS", "NegGrad"])
+    rep = _check_report(tmp_path, ["RU", "LU", "FU", "ESD", "SISS", "NegGrad", "RU2", "LU2"])
     assert rep["wall_s"] < 15 * 60
 
 
@@ -164,3 +210,19 @@ def test_target_rules() -> None:
     assert t["FU"]["passed"] is False           # held-out moved 0.25, not < 0.2
     t = _targets(pre, [row("FU", forget_nll=12.3)], 2.0)
     assert t["FU"]["passed"] is False           # rise 2.3 misses 2.0 by 15%
+
+
+def test_pair_target_rule_is_per_class() -> None:
+    from dualdiff.experiments.digits import _targets
+
+    def row(per: dict, ra: float) -> dict:
+        return {"method": "RU2", "forget_accuracy": sum(per.values()),
+                "forget_accuracy_per_class": per, "retained_accuracy": ra,
+                "pretrained_forget_accuracy_per_class": {"0": 0.1, "1": 0.12},
+                "pretrained_retained_accuracy": 0.9}
+
+    pre = {"forget_accuracy": 0.1, "retained_accuracy": 0.9}
+    assert _targets(pre, [row({"0": 0.05, "1": 0.06}, 0.81)], 1.0)["RU2"]["passed"] is True
+    # the sum is halved (0.11 <= 0.11) but class 1 is not (0.07 > 0.06)
+    assert _targets(pre, [row({"0": 0.04, "1": 0.07}, 0.85)], 1.0)["RU2"]["passed"] is False
+    assert _targets(pre, [row({"0": 0.0, "1": 0.0}, 0.80)], 1.0)["RU2"]["passed"] is False

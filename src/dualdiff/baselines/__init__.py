@@ -12,7 +12,8 @@ hands it to the existing operators:
 * **SISS** (Alberti, Hasanaliyev, Shah & Ermon, *Data Unlearning in Diffusion Models*,
   ICLR 2025, arXiv:2503.01034) — at the population level, the FU Lagrangian at a fixed
   :math:`\lambda`, whose minimiser is the signed mixture :math:`(p_0-\lambda q)/(1-\lambda)`
-  (:func:`SISS`).
+  (:func:`SISS`); its published importance-sampled estimator (defensive mixture
+  :math:`\kappa`, ``scaling_norm``) is :func:`siss_loss` and the engine's ``primal="siss"``.
 * **NegGrad** (gradient ascent on the forget loss; Golatkar, Achille & Soatto, *Eternal
   Sunshine of the Spotless Net*, CVPR 2020, and the standard "NegGrad+" with a retain term) —
   :func:`neggrad_loss`, built on
@@ -29,6 +30,7 @@ See the documentation page *Baselines as fixed multipliers* for the derivations 
 fixed weight needs a sweep to reach a requested level.
 """
 
+from .siss import siss_loss
 from .training import FixedWeightTrainer, neggrad_loss, train_fixed_weight
 from .weights import ESD, SISS, esd_eta, esd_lambda, neggrad_lambda
 
@@ -41,5 +43,6 @@ __all__ = [
     "esd_lambda",
     "neggrad_lambda",
     "neggrad_loss",
+    "siss_loss",
     "train_fixed_weight",
 ]

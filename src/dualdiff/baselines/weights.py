@@ -265,24 +265,30 @@ def SISS(problem: Any, lam: Any) -> SignedMixtureTarget:
 
     Notes
     -----
-    What is reproduced: the population objective and its minimiser (the training step of
-    :class:`FixedWeightTrainer` with ``primal="composed"`` is the signed denoising loss with
-    independent batches of :math:`p_0` and :math:`q_i`; ``"reweighted_dsm"`` trains on the
-    same target by reweighting samples of :math:`p_0`).
+    This function gives the *target* of SISS's objective. Its published training step is
+    :func:`~dualdiff.siss_loss` (standalone) and the engine's ``primal="siss"``
+    (:class:`~dualdiff.engine.ImportanceSampledSignedLoss`, e.g.
+    ``FixedWeightTrainer(problem, model, lam, primal="siss", primal_options={"kappa": 0.5,
+    "scaling_norm": s}, grad_clip=1.0)``):
 
-    What is not reproduced, from the SISS paper and its released code:
-
-    * the *importance-sampled estimator*: one noisy point per pair (retain/all-data sample
+    * the *importance-sampled estimator*: one noisy point per pair (all-data sample
       :math:`x`, forget sample :math:`a`, shared noise and time) drawn from the defensive
       mixture :math:`(1-\kappa)\,q(x_t\mid x) + \kappa\,q(x_t\mid a)` (:math:`\kappa=1/2` in
-      the paper), with both loss terms reweighted by the Gaussian transition-density ratios,
-      so that one network evaluation serves both terms. It is an unbiased estimator of the
-      same objective, so it changes the variance and cost of a step, not its target;
-    * the *gradient-norm handling*: the released code rescales the forget term's gradient to a
-      fixed norm each step (then clips the total gradient norm to 1). That makes the
-      effective weight of the forget term batch-dependent, :math:`\lambda_t\propto
-      1/\|\nabla\mathbb E_q\ell\|`, so SISS as run in practice is not exactly a fixed-weight
-      FU Lagrangian; ``FixedWeightTrainer(..., grad_clip=c)`` clips the *total* gradient only.
+      the paper; SISS calls it :math:`\lambda`), with both loss terms reweighted by the
+      Gaussian transition-density ratios, so that one network evaluation serves both terms.
+      It is an unbiased estimator of the same objective: it changes the variance and cost of
+      a step, not its target;
+    * the *gradient-norm handling* ``scaling_norm``: the released code rescales the forget
+      term's gradient to a fixed norm each step (then clips the total gradient norm to 1).
+      That makes the effective weight of the forget term batch-dependent,
+      :math:`\lambda_t = s/\|\nabla\hat L_a\|`, so SISS as run in practice is not a
+      fixed-weight FU Lagrangian and its target is not exactly this one.
+
+    ``primal="composed"`` is the same objective with independent batches of :math:`p_0` and
+    :math:`q_i` (two network evaluations); ``"reweighted_dsm"`` trains on the same target by
+    reweighting samples of :math:`p_0` (closed-form problems only). Not reproduced: SISS's
+    discrete DDPM timesteps (dualdiff draws continuous times uniformly on
+    :math:`[t_{\min}, t_{\max}]` of the model's schedule) and its learning-rate schedule.
     """
     owner = "SISS"
     _require_kind(problem, "FU", owner, "a forward-KL unlearning problem")

@@ -3,10 +3,11 @@ r"""Primal-dual engine on Cooper (see :ref:`the primal–dual algorithm <primal-
 A Cooper :class:`~cooper.ConstrainedMinimizationProblem` is assembled from an unlearning
 problem and a trainable score model (:class:`UnlearningCMP`); its multipliers are projected
 into the problem's dual domain after every dual step (:class:`ProjectedMultiplier`); the
-primal step is one of three forms (:class:`ReweightedDSM`, :class:`ComposedScoreMatching`,
-:class:`SamplerLagrangian`); constraint values come from model-based estimators
-(:class:`ConstraintEstimator`); :class:`PrimalDualTrainer` runs Cooper's constrained
-optimisers with histories, callbacks, a NaN guard and bit-exact checkpoints.
+primal step is one of four forms (:class:`ReweightedDSM`, :class:`ComposedScoreMatching`,
+:class:`SamplerLagrangian`, and SISS's :class:`ImportanceSampledSignedLoss` for FU);
+constraint values come from model-based estimators (:class:`ConstraintEstimator`);
+:class:`PrimalDualTrainer` runs Cooper's constrained optimisers with histories, callbacks, a
+NaN guard and bit-exact checkpoints.
 """
 
 from ..problems.dual_domain import DualDomainProjection, project_capped_box
@@ -35,6 +36,7 @@ from .options import (
 )
 from .primal import (
     ComposedScoreMatching,
+    ImportanceSampledSignedLoss,
     PrimalBatch,
     PrimalForm,
     PrimalLoss,
@@ -62,6 +64,7 @@ __all__ = [
     "EngineConfigurationError",
     "EveryEstimate",
     "FrozenMultipliers",
+    "ImportanceSampledSignedLoss",
     "LowEffectiveSampleSizeWarning",
     "NonFiniteStep",
     "NonFiniteStepWarning",

@@ -31,8 +31,10 @@ __all__ = [
     "resolve",
 ]
 
-PrimalName = Literal["reweighted_dsm", "composed", "sampler"]
-"""Primal step forms (a), (b), (c) of :ref:`the primal–dual algorithm <primal-dual>`."""
+PrimalName = Literal["reweighted_dsm", "composed", "sampler", "siss"]
+"""Primal step forms (a), (b), (c) of :ref:`the primal–dual algorithm <primal-dual>`, and
+``"siss"``: FU's signed loss estimated by SISS's importance sampling (one network evaluation
+per data/forget pair)."""
 FormulationName = Literal["lagrangian", "augmented_lagrangian"]
 """The Cooper formulations :class:`cooper.formulations.Lagrangian` and
 :class:`cooper.formulations.AugmentedLagrangian`."""

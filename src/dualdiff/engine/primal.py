@@ -33,7 +33,13 @@ from typing import Any, ClassVar
 import torch
 
 from .._constants import FLOAT64 as _DTYPE
-from ..diffusion.losses import denoising_score_matching_loss
+from .._errors import NonFiniteError
+from ..diffusion.losses import (
+    check_siss_options,
+    denoising_score_matching_loss,
+    gradient_norm_scale,
+    siss_terms,
+)
 from ..diffusion.sampling import reverse_sde_mean
 from ..models.interface import predict_eps, resolve_schedule
 from ..models.schedule import NoiseSchedule
@@ -42,6 +48,7 @@ from .options import EngineConfigurationError, resolve
 __all__ = [
     "ComposedScoreMatching",
     "DataSampler",
+    "ImportanceSampledSignedLoss",
     "PrimalBatch",
     "PrimalForm",
     "PrimalLoss",
@@ -73,6 +80,9 @@ class PrimalBatch:
         Sampler form: the draw at ``t_max``, ``(n, *event)``.
     increments
         Sampler form: standard normal Brownian increments, ``(K, n, *event)``.
+    from_forget
+        SISS form: mixture labels ``(n,)`` (1.0 where the noisy point is drawn from the forget
+        point of the pair, else 0.0).
     """
 
     x0: torch.Tensor | None = None
@@ -81,6 +91,7 @@ class PrimalBatch:
     unlearn: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     prior: torch.Tensor | None = None
     increments: torch.Tensor | None = None
+    from_forget: torch.Tensor | None = None
 
     def tensors(self) -> Iterator[torch.Tensor]:
         """Every tensor of the batch."""
@@ -109,6 +120,7 @@ class PrimalBatch:
             unlearn=[(a.to(device), b.to(device), c.to(device)) for a, b, c in self.unlearn],
             prior=mv(self.prior),
             increments=mv(self.increments),
+            from_forget=mv(self.from_forget),
         )
 
 
@@ -244,6 +256,10 @@ class PrimalForm(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(problem={type(self.problem).__name__})"
+
+    def config(self) -> dict[str, Any]:
+        """Options of the form a checkpoint must agree on (none by default)."""
+        return {}
 
     def _draw_x0(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         x0 = self.pretrained_data(n, generator)
@@ -410,6 +426,125 @@ class ComposedScoreMatching(PrimalForm):
         )
         err = eps_hat - eps_star.to(dtype=dtype, device=device)
         return PrimalLoss(loss=err.pow(2).flatten(1).mean(1).mean())
+
+
+class ImportanceSampledSignedLoss(PrimalForm):
+    r"""FU's signed denoising loss estimated as SISS does: one noisy point per pair.
+
+    Alberti et al., *Data Unlearning in Diffusion Models* (ICLR 2025). Each row pairs a sample
+    :math:`x_j` of :math:`p_0` (the pretrained data) with a sample :math:`a_j` of the forget
+    distribution :math:`q`; they share the time and the noise, and the noisy point is drawn
+    from the defensive mixture :math:`(1-\kappa)\,q(\cdot\mid x_j)+\kappa\,q(\cdot\mid a_j)`.
+    With the importance-weighted per-pair losses :math:`L_x, L_a` of
+    :func:`~dualdiff.diffusion.losses.siss_terms` (one network evaluation),
+
+    .. math::
+        \mathcal J(\theta;\lambda) = \frac{\overline{L_x} - \lambda\,\overline{L_a}}{1-\lambda},
+
+    an unbiased estimator of the signed loss of :class:`ComposedScoreMatching` (same
+    population objective, same minimiser, one forward pass instead of two). One forget set
+    (:math:`m = 1`), as in SISS.
+
+    With ``scaling_norm`` :math:`s` (SISS's released gradient handling) the forget term's
+    gradient is rescaled to norm :math:`s` at every step and the data term is not divided by
+    :math:`1-\lambda`:
+
+    .. math::
+        \nabla\mathcal J = \nabla\overline{L_x} - s\,\frac{\nabla\overline{L_a}}
+        {\|\nabla\overline{L_a}\|},
+
+    so :math:`\lambda` no longer enters the step (one extra backward pass; the trainer's
+    ``grad_clip`` then clips the total, ``1.0`` in the released code). ``stats`` records
+    ``"siss_forget_grad_norm"`` and ``"siss_forget_scale"`` (the effective forget weight
+    :math:`s/\|\nabla\overline{L_a}\|`), and always ``"siss_mean_w_x"``, ``"siss_mean_w_a"``.
+
+    Parameters
+    ----------
+    kappa
+        Weight of the forget transition in the mixture, in ``(0, 1)`` (SISS's
+        :math:`\lambda`; default ``0.5`` as in the paper).
+    scaling_norm
+        ``None`` (plain importance-sampled signed loss) or :math:`s > 0`.
+    """
+
+    name = "siss"
+
+    @classmethod
+    def unsupported(cls, problem: Any) -> str:  # noqa: D102
+        if not problem.signed_loss:
+            return "SISS estimates the signed denoising loss of forward-KL (FU) problems"
+        if problem.m != 1:
+            return f"SISS pairs data with one forget set, the problem has m={problem.m}"
+        return ""
+
+    def __init__(
+        self,
+        problem: Any,
+        targets: TargetCache | None,
+        pretrained_data: DataSampler,
+        unlearn_data: Sequence[DataSampler | None],
+        *,
+        kappa: float = 0.5,
+        scaling_norm: float | None = None,
+    ) -> None:
+        super().__init__(problem, targets, pretrained_data, unlearn_data)
+        self.kappa, self.scaling_norm = check_siss_options(
+            kappa, scaling_norm, "ImportanceSampledSignedLoss"
+        )
+        if self.unlearn_data[0] is None:
+            raise EngineConfigurationError(
+                "ImportanceSampledSignedLoss: SISS needs samples of the forget set; pass "
+                "unlearn_data=[sampler] to the trainer"
+            )
+
+    def config(self) -> dict[str, Any]:  # noqa: D102
+        return {"kappa": self.kappa, "scaling_norm": self.scaling_norm}
+
+    def sample_batch(  # noqa: D102
+        self, model: Any, n: int, generator: torch.Generator | None
+    ) -> PrimalBatch:
+        batch = self._dsm_batch(model, n, generator)
+        sampler = self.unlearn_data[0]
+        assert sampler is not None
+        xq = _check_draw(
+            sampler(n, generator), n, tuple(self.problem.event_shape), "unlearn data sampler 0",
+            "ImportanceSampledSignedLoss",
+        )
+        b = (torch.rand(n, dtype=_DTYPE, generator=generator) < self.kappa).to(_DTYPE)
+        assert batch.t is not None and batch.noise is not None
+        batch.unlearn.append((xq, batch.t, batch.noise))
+        batch.from_forget = b
+        return batch
+
+    def primal_loss(  # noqa: D102
+        self, model: Any, batch: PrimalBatch, multipliers: torch.Tensor
+    ) -> PrimalLoss:
+        assert batch.x0 is not None and batch.t is not None and batch.noise is not None
+        assert batch.from_forget is not None
+        dtype, device = _model_dtype_device(model)
+        lam = multipliers.detach().to(dtype=_DTYPE, device="cpu")
+        xq = batch.unlearn[0][0]
+        l_x, l_a, w_x, w_a = siss_terms(
+            model, batch.x0.to(device), xq.to(device), batch.t.to(device),
+            batch.noise.to(device), batch.from_forget.to(device), self.kappa,
+            schedule=self.schedule(model), model_dtype=dtype,
+        )
+        data_term, forget_term = l_x.mean(), l_a.mean()
+        stats = {"siss_mean_w_x": float(w_x.mean()), "siss_mean_w_a": float(w_a.mean())}
+        if self.scaling_norm is None:
+            retain, forget = self.problem.signed_loss_coefficients(lam)
+            loss = retain * data_term - forget[0] * forget_term
+        else:
+            params = [p for p in model.parameters() if p.requires_grad]
+            try:
+                scale, g_norm = gradient_norm_scale(forget_term, params, self.scaling_norm)
+            except NonFiniteError as exc:
+                from .cmp import NonFiniteStep
+
+                raise NonFiniteStep(str(exc)) from exc
+            stats.update(siss_forget_grad_norm=g_norm, siss_forget_scale=scale)
+            loss = data_term - scale * forget_term
+        return PrimalLoss(loss=loss.to(dtype), stats=stats)
 
 
 class SamplerLagrangian(PrimalForm):
@@ -645,6 +780,7 @@ def _score_function_term(values: list[torch.Tensor], logp: torch.Tensor) -> torc
 _FORMS: dict[str, type[PrimalForm]] = {
     ReweightedDSM.name: ReweightedDSM,
     ComposedScoreMatching.name: ComposedScoreMatching,
+    ImportanceSampledSignedLoss.name: ImportanceSampledSignedLoss,
     SamplerLagrangian.name: SamplerLagrangian,
 }
 

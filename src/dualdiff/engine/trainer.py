@@ -205,8 +205,10 @@ class PrimalDualTrainer:
         with ``.module`` and ``parameters()`` (e.g. :class:`~dualdiff.models.ModuleScoreModel`).
     primal
         ``"reweighted_dsm"`` (default; exact for RU/FU/LU), ``"composed"`` (ESD-style
-        composed-score regression; signed denoising loss for FU) or ``"sampler"`` (pathwise
-        KL + constraint through the sampler; RU and LU).
+        composed-score regression; signed denoising loss for FU), ``"sampler"`` (pathwise
+        KL + constraint through the sampler; RU and LU) or ``"siss"`` (FU with one forget set:
+        the signed loss estimated by SISS's importance sampling,
+        :class:`~dualdiff.engine.ImportanceSampledSignedLoss`).
     formulation
         ``"lagrangian"`` or ``"augmented_lagrangian"`` (Cooper formulations).
     optimizer
@@ -264,7 +266,8 @@ class PrimalDualTrainer:
         ``problem.estimate_dual()``) or a :class:`~dualdiff.duality.DualSolution` (e.g. the
         result of ``estimate_dual``); the latter two are projected into the domain.
     primal_options
-        Extra options of the primal form (sampler: ``steps``, ``reference``).
+        Extra options of the primal form (sampler: ``steps``, ``reference``,
+        ``constraint_gradient``; siss: ``kappa``, ``scaling_norm``).
     primal_optimizer_options
         Extra keyword arguments of the primal optimiser.
     dual_optimizer_options
@@ -536,6 +539,7 @@ class PrimalDualTrainer:
             "optimizer": self.optimizer_name,
             "dual_optimizer": self.dual_optimizer_name,
             "dual_update": self.dual_rule.config(),
+            **({"primal_options": form_cfg} if (form_cfg := self.form.config()) else {}),
         }
 
     def target(self) -> Any:
