@@ -23,10 +23,11 @@ parameters and composed-score primal step for every run):
   judged on the same draws). Band: :math:`|C-b| \\le` ``--tol`` :math:`\\cdot\\,\\delta`; the entry
   step is the first evaluated step from which the value stays in the band for ``--window``
   steps.
-* Primal-dual: ``init_multipliers = estimate_dual(samples=pool)``, dual step
-  :math:`1/|\\hat g''(\\hat\\lambda)|` (the estimated dual Hessian at the warm start),
-  ``warm_start_rule("settled")`` (no dual step on the first estimate, which is of the
-  pretrained model), the trainer's own 64-sample estimator every 10 steps.
+* Primal-dual: ``init_multipliers = estimate_dual(samples=pool)``, no dual step on the first
+  estimate (of the pretrained model: ``warm_start_rule``), the trainer's own 64-sample
+  estimator every 10 steps. Two dual steps (``VARIANTS``): ``dualdiff digits``'s own
+  (``dual_lr = 0.02`` on every estimate; the headline, not tuned here) and the Newton step
+  :math:`1/|\\hat g''(\\hat\\lambda)|` of the estimated dual with the settled rule.
 * ESD sweep (strategy A of ``bench_one_run``): ``FixedWeightTrainer`` at
   :math:`\\lambda = \\eta/(1+\\eta)` (ESD, unconditional anchor) on a log grid of guidance
   scales (``--grid``, paid in full as a launched grid) then bisection in :math:`\\log\\eta`
@@ -58,6 +59,10 @@ from bench_one_run import decide, entry_step  # same folder: the shared counting
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 5.0
 MAX_RUNS = 8
+#: Primal-dual dual steps: "digits" = ``dualdiff digits``'s own (dual_lr 0.02 on every
+#: estimate, the headline: not tuned for this benchmark); "newton" = 1/|g''(lam_hat)| of the
+#: estimated dual with the settled rule (``bench_one_run``'s headline on the ring).
+VARIANTS = ("digits", "newton")
 
 
 class DigitsLevel:
@@ -142,7 +147,8 @@ class DigitsRunner:
                   flush=True)
         return self.cache[key]
 
-    def primal_dual(self) -> dict[str, Any]:
+    def primal_dual(self, variant: str) -> dict[str, Any]:
+        """One primal-dual run; ``variant`` picks the dual step (see ``VARIANTS``)."""
         from dualdiff import Conditioned, PrimalDualTrainer
         from dualdiff.experiments.digits import _sample_estimator
         from dualdiff.experiments.ring_networks import warm_start_rule
@@ -154,16 +160,19 @@ class DigitsRunner:
         student = lv.setup.student()
         estimator = _sample_estimator(lv.setup, lv.prob, student,
                                       lambda x: lv.ratio(x).reshape(-1))
+        if variant == "newton":
+            dual_lr, rule = 1.0 / hess, warm_start_rule("settled")
+        else:  # the dual step of ``dualdiff digits`` (DigitsConfig.dual_lr, every estimate)
+            dual_lr, rule = lv.setup.cfg.dual_lr, warm_start_rule("every")
         trainer = PrimalDualTrainer(
             lv.prob, Conditioned(student, None), primal="composed", estimator=estimator,
-            init_multipliers=est, dual_lr=1.0 / hess, dual_update=warm_start_rule("settled"),
-            **self._opts(),
+            init_multipliers=est, dual_lr=dual_lr, dual_update=rule, **self._opts(),
         )
         t0 = time.perf_counter()
         tr = _trace(trainer, student, lv, a.pd_steps)
         entry = entry_step(tr, lv.b, lv.tol, a.window)
         w = max(1, a.window // a.every)
-        print(f"  PD: lam_hat={float(est.multipliers[0]):.4g} +- "
+        print(f"  PD ({variant}): lam_hat={float(est.multipliers[0]):.4g} +- "
               f"{float(est.multiplier_stderr[0]):.2g}, entry step {entry}, final "
               f"{statistics.fmean(tr['kl_q'][-w:]):.3f}", flush=True)
         return {
@@ -172,7 +181,8 @@ class DigitsRunner:
             "estimate_ess": est.ess,
             "predicted_constraint": float(est.predicted_constraints[0]),
             "dual_hessian_estimated": -hess,
-            "dual_lr": 1.0 / hess,
+            "variant": variant,
+            "dual_lr": dual_lr,
             "dual_steps": trainer.history.dual_steps,
             "entry_step": entry,
             "final_lam": statistics.fmean(tr["lam"][-w:]),
@@ -217,7 +227,9 @@ def _plot(results: list[dict[str, Any]], path: Path) -> None:
     r = results[0]
     fig, ax = plt.subplots(figsize=(6, 4))
     tr = r["traces"]["pd"]
-    ax.plot(tr["step"], tr["kl_q"], "k-", lw=2, label="primal-dual (estimate_dual warm start)")
+    ax.plot(tr["step"], tr["kl_q"], "k-", lw=2, label="primal-dual, digits dual step")
+    tn = r["traces"]["pd_newton"]
+    ax.plot(tn["step"], tn["kl_q"], "k:", lw=2, label="primal-dual, Newton dual step")
     for lam, t in r["traces"]["runs"].items():
         ax.plot(t["step"], t["kl_q"], "--", lw=1, label=f"ESD lam={float(lam):.3g}")
     ax.axhspan(r["b"] - r["tol"], r["b"] + r["tol"], color="C2", alpha=0.2, label="band")
@@ -244,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=60)
     ap.add_argument("--tol", type=float, default=0.25, help="band half-width / delta")
     ap.add_argument("--run-steps", type=int, default=200)
-    ap.add_argument("--pd-steps", type=int, default=300)
+    ap.add_argument("--pd-steps", type=int, default=200)
     ap.add_argument("--quick", action="store_true", help="smoke budget, temporary folder")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -267,15 +279,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"delta={delta:g}, seed {seed}", flush=True)
             lv = DigitsLevel(replace(base, seed=seed), delta, args)
             run = DigitsRunner(lv)
-            pd = run.primal_dual()
+            pds = {v: run.primal_dual(v) for v in VARIANTS}
+            pd = pds[VARIANTS[0]]
             sw = sweep(run, args.grid)
             t_pd = pd["entry_step"]
             results.append({
                 "seed": seed, "delta": delta, "c0": lv.c0, "b": lv.b, "tol": lv.tol,
                 "primal_dual": {k: v for k, v in pd.items() if k != "trace"},
+                "primal_dual_variants": {n: {k: v for k, v in r.items() if k != "trace"}
+                                         for n, r in pds.items()},
                 "sweep": sw,
                 "ratio": None if t_pd is None or not sw["hit"] else sw["total_steps"] / t_pd,
-                "traces": {"pd": pd["trace"],
+                "ratio_by_variant": {
+                    n: None if r["entry_step"] is None or not sw["hit"]
+                    else sw["total_steps"] / r["entry_step"] for n, r in pds.items()},
+                "traces": {"pd": pd["trace"], "pd_newton": pds["newton"]["trace"],
                            "runs": {str(k): v["trace"] for k, v in run.cache.items()}},
             })
             print(f"  ratio sweep/PD = {results[-1]['ratio']}", flush=True)
@@ -290,12 +308,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     dump_strict_json(out, folder / "bench_one_run_digits.json")
     _plot(results, folder / "bench_one_run_digits.png")
-    print("\n| delta | seed | C0 | b | PD entry | sweep runs | sweep steps | ratio |")
+    print("\n| delta | seed | C0 | b | PD entry (digits / Newton) | sweep runs | sweep steps "
+          "| ratio (digits / Newton) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
+        v = r["primal_dual_variants"]
+        rv = r["ratio_by_variant"]
         print(f"| {r['delta']:g} | {r['seed']} | {r['c0']:.2f} | {r['b']:.2f} | "
-              f"{r['primal_dual']['entry_step']} | {r['sweep']['n_runs']} | "
-              f"{r['sweep']['total_steps']} | {r['ratio']} |")
+              f"{v['digits']['entry_step']} / {v['newton']['entry_step']} | "
+              f"{r['sweep']['n_runs']} | {r['sweep']['total_steps']} | "
+              f"{rv['digits']} / {rv['newton']} |")
     print(f"median ratio {med} (goal >= {GOAL}); results in {folder}")
     return 0
 
