@@ -106,9 +106,9 @@ def test_fu_signed_loss_on_images() -> None:
     p0 = _net(0)
     retain = _data(56, 2)
     forget = _data(8, 3, shift=1.5)
-    prob = KLConstrainedProblem(
-        p0, [forget], bounds=[0.5], direction="forward", pretrained_data=retain,
-        training_set_size=64,
+    prob = KLConstrainedProblem(  # p0's samples: the whole training set, forget set included
+        p0, [forget], bounds=[0.5], direction="forward",
+        pretrained_data=torch.cat([retain, forget]), training_set_size=64,
     )
     assert prob.lam_max.tolist() == pytest.approx([0.125])
     trainer = PrimalDualTrainer(

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("diffusers")
 pytest.importorskip("sklearn")
@@ -57,6 +58,10 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         ({"esd_eta_conditional": 1.0}, r"'esd_eta_conditional' must be > 1"),
         ({"methods": ("RU", "XX")}, r"'methods' must be a non-empty subset"),
         ({"fu_level": 0.0}, r"'fu_level' must be > 0 or None"),
+        ({"fu_dual_lr": -0.1}, r"'fu_dual_lr' must be > 0 or None, got -0\.1"),
+        ({"fu_gap_fraction": 0.0}, r"'fu_gap_fraction' must be a number in \(0, 1\], got 0\.0"),
+        ({"fu_gap_fraction": 1.5}, r"'fu_gap_fraction' must be a number in \(0, 1\]"),
+        ({"fu_draws": 0}, r"parameter 'fu_draws' must be an int >= 1, got 0"),
         ({"esd_anchors": ("both",)}, r"'esd_anchors' must be a non-empty subset"),
         ({"siss_kappa": 1.0}, r"'siss_kappa' must be a number in the open interval \(0, 1\)"),
         ({"siss_kappa": 0.0}, r"'siss_kappa' must be a number in the open interval"),
@@ -211,6 +216,31 @@ def test_target_rules() -> None:
     t = _targets(pre, [row("FU", forget_nll=12.3)], 2.0)
     assert t["FU"]["passed"] is False           # rise 2.3 misses 2.0 by 15%
 
+    def paired(forget: float, heldout: float) -> dict:
+        return {"forget": {"mean": forget, "stderr": 0.3}, "retain": {"mean": 0.05,
+                "stderr": 0.1}, "heldout": {"mean": heldout, "stderr": 0.2}}
+
+    # paired changes (common random numbers) take precedence over the evaluation's NLLs
+    t = _targets(pre, [row("FU", forget_nll=30.0, nll_change=paired(1.9, -0.15))], 2.0)
+    assert t["FU"]["passed"] is True            # |1.9 - 2| <= 0.2 and 0.15 < 0.19
+    assert t["FU"]["forget_nll_rise"] == 1.9 and t["FU"]["heldout_nll_change"] == 0.15
+    assert t["FU"]["forget_nll_rise_stderr"] == 0.3 and t["FU"]["retain_nll_change"] == 0.05
+    t = _targets(pre, [row("FU", nll_change=paired(1.9, 0.2))], 2.0)
+    assert t["FU"]["passed"] is False           # held-out 0.2 is not < 0.19
+
+
+def test_fu_problem_trains_on_the_whole_training_set() -> None:
+    """p0's samples are X (forget images included): at lam_max the target is X without A."""
+    from dualdiff.experiments.digits import DigitsSetup, _fu_problem, smoke_config
+
+    setup = DigitsSetup(smoke_config())
+    prob = _fu_problem(setup, 1.0)
+    assert prob.lam_max.tolist() == pytest.approx([30 / 1500])
+    draws = prob.pretrained_sampler()(6000, torch.Generator().manual_seed(0))
+    flat_a = setup.forget_images.flatten(1).to(draws.dtype)
+    hits = (draws.flatten(1)[:, None, :] == flat_a[None]).all(-1).any(-1)
+    # 6000 draws from 1500 images hit the 30 forget images ~120 times (0 with the retain set)
+    assert 60 < int(hits.sum()) < 200
 
 def test_pair_target_rule_is_per_class() -> None:
     from dualdiff.experiments.digits import _targets

@@ -16,8 +16,12 @@ Methods (all through the public API):
 * **LU** -- ``LikelihoodConstrainedProblem`` with :math:`\ell(x) = \log p(c\mid x)` of the
   classifier, level :math:`C_0 - \delta`, reweighted-DSM primal form, ``estimate_dual`` warm
   start. (The concept model's ODE log-likelihood is not used: too slow for ``--quick``.)
-* **FU** -- ``KLConstrainedProblem(..., [forget_images], direction="forward")`` for the 30
-  fixed training images, :math:`\lambda_{\max} = 30/1500`, signed denoising loss.
+* **FU** -- ``KLConstrainedProblem(..., [forget_images], direction="forward",
+  pretrained_data=train_images)`` for the 30 fixed training images (:math:`p_0`'s samples are
+  the whole training set, so :math:`p_{\lambda_{\max}}` is the model retrained without them),
+  :math:`\lambda_{\max} = 30/1500`, signed denoising loss, dual step
+  :math:`\lambda_{\max}/(2b)`, default level :math:`b` half the pretrained held-out minus
+  forget NLL gap.
 * **ESD** -- fixed RU weight :math:`\lambda = \eta/(1+\eta)` (unconditional anchor) and
   :math:`\lambda = 1-1/\eta` (conditional anchor), :func:`~dualdiff.esd_lambda`.
 * **SISS** -- the published estimator (``primal="siss"``, :func:`~dualdiff.siss_loss`): pairs
@@ -42,7 +46,9 @@ Constraint estimates for the dual step (``estimator=`` of the trainer, cheap by 
   exact, this is a *lower bound* of the constraint: meeting it meets the constraint.
 * LU: :math:`\hat C = \frac1n\sum_j \log p(c\mid x_j)` on the same kind of samples.
 * FU: :math:`\hat\Delta = \overline{\mathrm{NLL}}_\theta(A) - \overline{\mathrm{NLL}}_0(A)`
-  with ELBO NLLs of the forget set under common random numbers.
+  with ELBO NLLs of the forget set under common random numbers (``fu_draws`` per image); FU and
+  SISS rows also carry ``nll_change``: the same paired differences on the forget, retain and
+  held-out images, with standard errors (the FU target is judged on them).
 
 Metrics (:mod:`dualdiff.experiments.metrics`): forget accuracy = fraction of unconditional
 samples classified as ``c``; retained accuracy = mean per-class accuracy of class-conditional
@@ -107,10 +113,23 @@ class DigitsConfig:
         Levels relative to the pretrained constraint value: RU ``C_0 + ru_delta``, LU
         ``C_0 - lu_delta`` (nats).
     fu_level
-        FU level on the forget-set NLL increase (nats per image); ``None`` = the pretrained
-        model's generalisation gap, NLL(held-out) - NLL(forget).
+        FU level on the forget-set NLL increase (nats per image); ``None`` =
+        ``fu_gap_fraction`` times the pretrained model's generalisation gap
+        NLL(held-out) - NLL(forget) (at least 0.1 nats).
+    fu_gap_fraction
+        Fraction in ``(0, 1]`` of the gap used as the default FU level. The full gap is the
+        forget NLL of the model retrained without the forget set, :math:`p_{\lambda_{\max}}`,
+        i.e. a level on the boundary of the dual domain; a fraction below one is inside it.
+    fu_draws
+        ELBO time/noise draws per image of everything FU measures with common random numbers:
+        the gap behind the default level, the FU dual-step estimator and FU / SISS's paired NLL
+        changes against the pretrained model.
+    fu_dual_lr
+        FU's dual step size; ``None`` = :math:`\lambda_{\max} / (2\,b)` for level ``b``
+        (a violation of the whole level moves the multiplier half-way across its domain
+        :math:`[0, \lambda_{\max}]`).
     dual_lr
-        Dual step size of RU / LU / FU.
+        Dual step size of RU / LU.
     estimate_every, estimate_samples
         Dual-step estimator cadence and sample count.
     esd_eta, esd_eta_conditional
@@ -152,6 +171,9 @@ class DigitsConfig:
     ru_delta: float = 1.5
     lu_delta: float = 1.5
     fu_level: float | None = None
+    fu_gap_fraction: float = 0.5
+    fu_draws: int = 32
+    fu_dual_lr: float | None = None
     dual_lr: float = 0.02
     estimate_every: int = 10
     estimate_samples: int = 64
@@ -191,7 +213,7 @@ class DigitsConfig:
                 f"{self.forget_class!r}"
             )
         for name in ("steps", "batch_size", "estimate_every", "estimate_samples", "n_uncond",
-                     "n_per_class", "sample_steps", "elbo_draws", "n_retain_eval"):
+                     "n_per_class", "sample_steps", "elbo_draws", "n_retain_eval", "fu_draws"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{owner}: parameter '{name}' must be an int >= 1, got {v!r}")
@@ -207,9 +229,17 @@ class DigitsConfig:
                 f"{owner}: parameter 'esd_eta_conditional' must be > 1 (lambda = 1 - 1/eta), "
                 f"got {self.esd_eta_conditional!r}"
             )
-        if self.fu_level is not None and not self.fu_level > 0:
+        for name in ("fu_level", "fu_dual_lr"):
+            v = getattr(self, name)
+            if v is not None and not (
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and v > 0
+            ):
+                raise ValueError(f"{owner}: parameter '{name}' must be > 0 or None, got {v!r}")
+        f = self.fu_gap_fraction
+        if not (isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1):
             raise ValueError(
-                f"{owner}: parameter 'fu_level' must be > 0 or None, got {self.fu_level!r}"
+                f"{owner}: parameter 'fu_gap_fraction' must be a number in (0, 1], got {f!r}"
             )
         if not self.esd_anchors or any(
             a not in ("unconditional", "conditional") for a in self.esd_anchors
@@ -417,18 +447,52 @@ def _sample_estimator(setup: DigitsSetup, problem: Any, student: Any,
     return estimator
 
 
-def _fu_estimator(setup: DigitsSetup, problem: Any, base_nll: torch.Tensor) -> Callable[..., Any]:
+#: Seeds of FU's common random numbers: forget set, retain evaluation images, held-out images.
+_FU_SEEDS = {"forget": 777, "retain": 778, "heldout": 779}
+
+
+def _fu_sets(setup: DigitsSetup) -> dict[str, torch.Tensor]:
+    return {"forget": setup.forget_images, "retain": setup.retain_eval,
+            "heldout": setup.split.heldout_images}
+
+
+def _fu_nll(view: Any, x: torch.Tensor, draws: int, seed: int) -> torch.Tensor:
+    """Per-image ELBO NLLs ``(n,)`` float64, 64 images per call, one seeded generator."""
     from ..diffusion.likelihood import elbo
 
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return torch.cat([
+            -elbo(view, x[i:i + 64], n_t=draws, generator=g).to(torch.float64)
+            for i in range(0, x.shape[0], 64)
+        ])
+
+
+def _fu_paired(setup: DigitsSetup, view: Any) -> dict[str, torch.Tensor]:
+    """Per-image NLLs of the forget / retain / held-out images under FU's common random numbers."""
+    return {k: _fu_nll(view, x, setup.cfg.fu_draws, _FU_SEEDS[k])
+            for k, x in _fu_sets(setup).items()}
+
+
+def _fu_estimator(setup: DigitsSetup, problem: Any, base_nll: torch.Tensor) -> Callable[..., Any]:
+    r"""Dual-step estimate of :math:`\Delta = E_A[\mathrm{NLL}_\theta - \mathrm{NLL}_0]`.
+
+    Per-image ELBO NLL differences on the whole forget set with ``fu_draws`` draws, the same
+    times and noises as ``base_nll`` (common random numbers), so the estimate's standard error is
+    that of a paired difference, not of two independent ELBOs.
+    """
     cfg = setup.cfg
 
     def estimator(model: Any, generator: torch.Generator | None = None) -> Any:
-        with torch.no_grad():
-            lb = elbo(model, setup.forget_images, n_t=cfg.elbo_draws,
-                      generator=torch.Generator().manual_seed(777))
-        return _custom_estimate(problem, (-lb.to(torch.float64)) - base_nll)
+        nll = _fu_nll(model, setup.forget_images, cfg.fu_draws, _FU_SEEDS["forget"])
+        return _custom_estimate(problem, nll - base_nll)
 
     return estimator
+
+
+def _paired_change(after: torch.Tensor, before: torch.Tensor) -> dict[str, float]:
+    d = (after - before).to(torch.float64)
+    return {"mean": float(d.mean()), "stderr": float(d.std(unbiased=True) / math.sqrt(d.numel()))}
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -524,11 +588,20 @@ def _lu_problem(setup: DigitsSetup, level: float) -> Any:
 
 
 def _fu_problem(setup: DigitsSetup, level: float) -> Any:
+    r"""FU stated with data: :math:`p_0`'s samples are the **whole** training set :math:`X`.
+
+    The signed loss :math:`(E_X[\ell] - \lambda E_A[\ell])/(1-\lambda)` has minimiser
+    :math:`p_\lambda = (p_0 - \lambda q)/(1-\lambda)`, which at
+    :math:`\lambda_{\max} = |A|/N` is the empirical distribution of :math:`X\setminus A`
+    (retraining without the forget set). With the retain set in place of :math:`X` the weights
+    of the forget images would be negative for every :math:`\lambda > 0`: gradient ascent on
+    :math:`A`, outside the dual domain.
+    """
     from .. import Conditioned
 
     return _public("KLConstrainedProblem")(
         Conditioned(setup.teacher, None), [setup.forget_images], bounds=[level],
-        direction="forward", pretrained_data=setup.retain_images,
+        direction="forward", pretrained_data=setup.split.train_images,
         training_set_size=setup.n_train,
     )
 
@@ -639,16 +712,26 @@ def run_method(setup: DigitsSetup, name: str, levels: dict[str, Any], progress: 
         prob = _fu_problem(setup, levels["FU"])
         student = setup.student()
         model = Conditioned(student, None)
-        est = _fu_estimator(setup, prob, levels["_fu_base"])
+        est = _fu_estimator(setup, prob, levels["_fu_ref"]["forget"])
         t0 = time.perf_counter()
         lam_max = float(prob.lam_max[0])
+        fu_dual_lr = (cfg.fu_dual_lr if cfg.fu_dual_lr is not None
+                      else lam_max / (2.0 * levels["FU"]))
         tr = PrimalDualTrainer(prob, model, primal="composed", estimator=est,
-                               dual_lr=cfg.dual_lr, **opts)
-        setting = {"level": levels["FU"], "lam_max": lam_max, "primal": "composed"}
+                               dual_lr=fu_dual_lr, **opts)
+        setting = {"level": levels["FU"], "lam_max": lam_max, "primal": "composed",
+                   "dual_lr": fu_dual_lr, "pretrained_data": "whole training set X",
+                   "estimator": f"paired ELBO NLL change of the forget set, "
+                   f"{cfg.fu_draws} draws"}
         _fit(tr, cfg.steps, progress, name)
         last = tr.last_estimate
+        after = _fu_paired(setup, model)
+        changes = {k: _paired_change(after[k], levels["_fu_ref"][k]) for k in after}
         finish(student, t0, [float(v) for v in tr.multipliers], setting,
-               {"constraint_estimate": None if last is None else float(last.constraints[0])})
+               {"constraint_estimate": None if last is None else float(last.constraints[0]),
+                "multiplier_history": [float(m[0]) for m in
+                                       tr.history.multipliers[::cfg.estimate_every]],
+                "nll_change": changes})
     elif name == "NegGrad":
         from ..datasets.digits import tensor_sampler
 
@@ -970,12 +1053,13 @@ def pretrained_levels(
     (pretrained metrics, levels, samples)
         ``levels``: ``"RU"`` = :math:`C_0 + \delta_{RU}` with :math:`C_0 = E_{data}[\log
         p(c) - \log p(c\mid x)]`; ``"LU"`` = :math:`E_{data}[\log p(c\mid x)] -
-        \delta_{LU}`; ``"FU"`` = ``fu_level`` or the held-out minus forget NLL gap (at least
-        0.1 nats); ``"_fu_base"`` = the pretrained per-image ELBO NLLs of the forget set (the FU
-        estimator's reference, same random numbers). ``samples``: ``{"pretrained": (64, 1, 8,
-        8)}``.
+        \delta_{LU}`; ``"FU"`` = ``fu_level`` or ``fu_gap_fraction`` times the held-out minus
+        forget NLL gap (at least 0.1 nats), the gap measured with ``fu_draws`` draws per image
+        (``"FU_gap"``, ``"FU_gap_stderr"``); ``"_fu_ref"`` = the pretrained per-image ELBO NLLs
+        of the forget / retain / held-out images under FU's common random numbers (the FU
+        estimator's and the paired NLL changes' reference). ``samples``: ``{"pretrained": (64,
+        1, 8, 8)}``.
     """
-    from ..diffusion.likelihood import elbo
     from ..models import Conditioned
 
     cfg = setup.cfg
@@ -985,16 +1069,20 @@ def pretrained_levels(
         x = setup.split.train_images
         c0_ru = float(setup.log_ratio()(x).mean())
         c0_lu = float(setup.log_p_c(x).mean())
-        base = -elbo(Conditioned(setup.teacher, None), setup.forget_images, n_t=cfg.elbo_draws,
-                     generator=torch.Generator().manual_seed(777)).to(torch.float64)
-    gap = pre["heldout_nll"] - pre["forget_nll"]
-    fu_level = cfg.fu_level if cfg.fu_level is not None else max(gap, 0.1)
+    ref = _fu_paired(setup, Conditioned(setup.teacher, None))
+    a, h = ref["forget"], ref["heldout"]
+    gap = float(h.mean() - a.mean())
+    gap_se = math.sqrt(float(h.var(unbiased=True)) / h.numel()
+                       + float(a.var(unbiased=True)) / a.numel())
+    fu_level = (cfg.fu_level if cfg.fu_level is not None
+                else max(cfg.fu_gap_fraction * gap, 0.1))
     levels: dict[str, Any] = {
         "RU": c0_ru + cfg.ru_delta, "LU": c0_lu - cfg.lu_delta, "FU": fu_level,
-        "_fu_base": base,
+        "FU_gap": gap, "FU_gap_stderr": gap_se, "_fu_ref": ref,
     }
     pre.update({"ru_constraint_on_data": c0_ru, "lu_constraint_on_data": c0_lu,
-                "nll_gap_heldout_minus_forget": gap})
+                "nll_gap_heldout_minus_forget": gap,
+                "nll_gap_heldout_minus_forget_stderr": gap_se})
     return pre, levels, samples
 
 
@@ -1097,12 +1185,21 @@ def _targets(pre: dict[str, Any], rows: list[dict[str, Any]], fu_level: float
                       "pretrained_retained_accuracy": r["pretrained_retained_accuracy"],
                       "passed": bool(halved and kept)}
         if m == "FU":
-            rise = r["forget_nll"] - pre["forget_nll"]
-            held = abs(r["heldout_nll"] - pre["heldout_nll"])
+            ch = r.get("nll_change")
+            if ch:  # paired changes (common random numbers, fu_draws draws)
+                rise, held = ch["forget"]["mean"], abs(ch["heldout"]["mean"])
+                ses = {"forget_nll_rise_stderr": ch["forget"]["stderr"],
+                       "heldout_nll_change_stderr": ch["heldout"]["stderr"],
+                       "retain_nll_change": ch["retain"]["mean"],
+                       "retain_nll_change_stderr": ch["retain"]["stderr"]}
+            else:  # the evaluation's NLLs
+                rise = r["forget_nll"] - pre["forget_nll"]
+                held = abs(r["heldout_nll"] - pre["heldout_nll"])
+                ses = {}
             ok = abs(rise - fu_level) <= 0.1 * fu_level and held < 0.1 * abs(rise)
             out[m] = {"rule": "|forget NLL rise - level| <= 0.1 level and |held-out NLL change| "
                       "< 0.1 forget NLL rise", "forget_nll_rise": rise, "level": fu_level,
-                      "heldout_nll_change": held, "passed": bool(ok)}
+                      "heldout_nll_change": held, **ses, "passed": bool(ok)}
     return out
 
 

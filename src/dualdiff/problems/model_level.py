@@ -17,7 +17,8 @@ estimated by Monte Carlo over pretrained samples with ``estimate_dual`` (LU, RU;
   a user ``log_ratio`` (e.g. the implicit classifier :math:`\log p(c) - \log p(c\mid x)`,
   :func:`classifier_log_ratio`).
 * FU, :class:`ModelForwardKLProblem`: ``unlearn[i]`` forget examples ``(n_i, *event)`` (or a
-  sampler); the retain side is ``pretrained_data``. With a training set of ``N`` points,
+  sampler); ``pretrained_data`` are samples of :math:`p_0` (the whole training set, forget
+  examples included, not the retain set). With a training set of ``N`` points,
   :math:`\lambda_{\max,i} = |A_i|/N`. The constraint values are the forget set's
   log-likelihood drop :math:`\Delta_i = E_{A_i}[\log p_0 - \log p_\theta] =
   \mathrm{KL}(q_i\|p_\theta) - \mathrm{KL}(q_i\|p_0)` (an empirical forget set has no
@@ -559,8 +560,16 @@ class ModelForwardKLProblem(_ModelProblem):
     direction
         ``"forward"``.
     pretrained_data
-        The retain side: training data (or samples of :math:`p_0`) ``(N, *event)`` or a
-        sampler; default: draws of the frozen model's sampler.
+        Samples of :math:`p_0` ``(N, *event)`` or a sampler: the **whole** training set
+        :math:`X`, forget examples included (or draws of the pretrained model), never the
+        retain set :math:`X\setminus A` alone. The signed loss
+        :math:`(E_{p_0}[\ell]-\sum_i\lambda_iE_{q_i}[\ell])/(1-\Lambda)` has minimiser
+        :math:`(p_0-\sum_i\lambda_iq_i)/(1-\Lambda)`; with :math:`p_0` the empirical
+        distribution of :math:`X` and :math:`\lambda = \lambda_{\max} = |A|/N` that is the
+        empirical distribution of :math:`X\setminus A` (retraining without the forget set). With
+        the retain set in place of :math:`X` every :math:`\lambda > 0` puts negative weight on
+        the forget examples (gradient ascent on them, outside the dual domain). Default: draws
+        of the frozen model's sampler.
     training_set_size
         :math:`N`, the size of the training set that contained the forget sets; gives
         :math:`\lambda_{\max,i} = |A_i|/N`.
