@@ -478,12 +478,19 @@ def main(argv: list[str] | None = None) -> int:
             rows = run_ring_class(seeds, args.quick)
         elif setting == "ring-data":
             rows = run_ring_data(seeds, args.quick)
-        else:
+        else:  # slow: the report is rewritten after every seed (partial results survive)
             fn = run_digits_class if setting == "digits-class" else run_digits_data
-            rows, pres, base = fn(seeds, args.quick)
-            for p in pres.values():
-                p["forget_nll_rise"], p["heldout_nll_change"] = 0.0, 0.0
-            extra.update({"pretrained": pres, "config": asdict(base)})
+            rows, pres = [], {}
+            for k, seed in enumerate(seeds):
+                r, p, base = fn([seed], args.quick)
+                rows += r
+                pres.update(p)
+                for pre in pres.values():
+                    pre["forget_nll_rise"], pre["heldout_nll_change"] = 0.0, 0.0
+                extra.update({"seeds": seeds[: k + 1], "pretrained": pres,
+                              "config": asdict(base)})
+                if k + 1 < len(seeds):
+                    report(setting, rows, extra, folder, time.perf_counter() - t0)
         md = report(setting, rows, extra, folder, time.perf_counter() - t0)
         print(md, flush=True)
     print(f"results in {folder}")

@@ -558,30 +558,19 @@ def _trainer_options(cfg: DigitsConfig) -> dict[str, Any]:
     }
 
 
-def _public(name: str) -> Any:
-    """A public problem class, untyped.
-
-    Its signature is typed for the closed-form problems (``GaussianMixture``), while a
-    score-model ``pretrained`` dispatches to the model-level class.
-    """
-    import dualdiff
-
-    return getattr(dualdiff, name)
-
-
 def _ru_problem(setup: DigitsSetup, level: float) -> Any:
-    from .. import Conditioned
+    from .. import Conditioned, KLConstrainedProblem
 
-    return _public("KLConstrainedProblem")(
+    return KLConstrainedProblem(
         Conditioned(setup.teacher, None), [Conditioned(setup.teacher, setup.c)], bounds=[level],
         pretrained_data=setup.split.train_images, log_ratio=setup.log_ratio(),
     )
 
 
 def _lu_problem(setup: DigitsSetup, level: float) -> Any:
-    from .. import Conditioned
+    from .. import Conditioned, LikelihoodConstrainedProblem
 
-    return _public("LikelihoodConstrainedProblem")(
+    return LikelihoodConstrainedProblem(
         Conditioned(setup.teacher, None), [setup.log_p_c], bounds=[level],
         pretrained_data=setup.split.train_images,
     )
@@ -597,9 +586,9 @@ def _fu_problem(setup: DigitsSetup, level: float) -> Any:
     of the forget images would be negative for every :math:`\lambda > 0`: gradient ascent on
     :math:`A`, outside the dual domain.
     """
-    from .. import Conditioned
+    from .. import Conditioned, KLConstrainedProblem
 
-    return _public("KLConstrainedProblem")(
+    return KLConstrainedProblem(
         Conditioned(setup.teacher, None), [setup.forget_images], bounds=[level],
         direction="forward", pretrained_data=setup.split.train_images,
         training_set_size=setup.n_train,
@@ -770,17 +759,6 @@ def _row(setup: DigitsSetup, name: str, student: Any, t0: float, lam: list[float
     return row
 
 
-def _siss_problem(setup: DigitsSetup, level: float) -> Any:
-    """FU with SISS's data: the whole training set (forget images included) and the 30."""
-    from .. import Conditioned
-
-    return _public("KLConstrainedProblem")(
-        Conditioned(setup.teacher, None), [setup.forget_images], bounds=[level],
-        direction="forward", pretrained_data=setup.split.train_images,
-        training_set_size=setup.n_train,
-    )
-
-
 def _siss_data_grad_norm(setup: DigitsSetup, prob: Any, model: Any) -> float:
     """Norm of the importance-weighted data term's gradient at ``model``, on one batch."""
     from ..diffusion.losses import gradient_norm_scale, siss_terms
@@ -805,10 +783,10 @@ def _run_siss(setup: DigitsSetup, levels: dict[str, Any], progress: bool) -> dic
     from .. import Conditioned, FixedWeightTrainer
 
     cfg = setup.cfg
-    prob = _siss_problem(setup, levels["FU"])
+    prob = _fu_problem(setup, levels["FU"])  # the same data as FU: X and the 30 images
     student = setup.student()
     model = Conditioned(student, None)
-    est = _fu_estimator(setup, prob, levels["_fu_base"])
+    est = _fu_estimator(setup, prob, levels["_fu_ref"]["forget"])
     lam_max = float(prob.lam_max[0])
     lam = cfg.siss_lam if cfg.siss_lam is not None else (1.0 - 1e-3) * lam_max
     t0 = time.perf_counter()
@@ -840,8 +818,11 @@ def _run_siss(setup: DigitsSetup, levels: dict[str, Any], progress: bool) -> dic
         "grad_clip": cfg.grad_clip,
     }
     last = tr.last_estimate
+    after = _fu_paired(setup, model)
+    changes = {k: _paired_change(after[k], levels["_fu_ref"][k]) for k in after}
     return _row(setup, "SISS", student, t0, [float(v) for v in tr.multipliers], setting,
-                {"constraint_estimate": None if last is None else float(last.constraints[0])})
+                {"constraint_estimate": None if last is None else float(last.constraints[0]),
+                 "nll_change": changes})
 
 
 # ------------------------------------------------------------------------------ two classes
@@ -926,16 +907,22 @@ def _estimate_rows(problem: Any, values: torch.Tensor) -> Any:
 def _run_pair(setup: DigitsSetup, name: str, levels: dict[str, Any], progress: bool
               ) -> dict[str, Any]:
     """RU2 / LU2: both digits of ``pair_forget_classes`` at once, one constraint each."""
-    from .. import Conditioned, PrimalDualTrainer
+    from .. import (
+        Conditioned,
+        KLConstrainedProblem,
+        LikelihoodConstrainedProblem,
+        PrimalDualTrainer,
+    )
     from ..problems import classifier_log_ratio
 
     cfg = setup.cfg
     c1, c2 = cfg.pair_forget_classes
     lp = _pair_log_probs(setup)
     teacher = setup.teacher
+    prob: Any
     if name == "RU2":
         fn = classifier_log_ratio(lp, _pair_log_prior(setup))
-        prob = _public("KLConstrainedProblem")(
+        prob = KLConstrainedProblem(
             Conditioned(teacher, None), [Conditioned(teacher, c1), Conditioned(teacher, c2)],
             bounds=levels["RU2"], pretrained_data=setup.split.train_images, log_ratio=fn,
         )
@@ -943,7 +930,7 @@ def _run_pair(setup: DigitsSetup, name: str, levels: dict[str, Any], progress: b
         what = "classifier lower bounds E_p[log p(c_i) - log p(c_i|x)]"
     else:
         fn = lp
-        prob = _public("LikelihoodConstrainedProblem")(
+        prob = LikelihoodConstrainedProblem(
             Conditioned(teacher, None),
             [lambda x: setup.clf.log_prob(x.to(torch.float32))[:, c1],
              lambda x: setup.clf.log_prob(x.to(torch.float32))[:, c2]],
