@@ -261,9 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
-    from dualdiff._io import dump_strict_json
     from dualdiff.experiments.digits import DigitsConfig, smoke_config
-    from dualdiff.experiments.report import environment
 
     if args.quick:
         args.seeds, args.deltas, args.grid = args.seeds[:1], args.deltas[:1], args.grid[:2]
@@ -297,17 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                            "runs": {str(k): v["trace"] for k, v in run.cache.items()}},
             })
             print(f"  ratio sweep/PD = {results[-1]['ratio']}", flush=True)
-    ratios = [r["ratio"] for r in results if r["ratio"] is not None]
-    med = statistics.median(ratios) if ratios else None
-    out = {
-        "benchmark": "bench_one_run_digits", "goal": f">= {GOAL}x fewer steps",
-        "median_ratio": med, "met": None if med is None else med >= GOAL,
-        "n_failed": len(results) - len(ratios), "args": vars(args), "config": asdict(base),
-        "results": results, "wall_s": time.perf_counter() - t_start,
-        "environment": environment(),
-    }
-    dump_strict_json(out, folder / "bench_one_run_digits.json")
-    _plot(results, folder / "bench_one_run_digits.png")
+            _save(results, args, base, folder, t_start)  # partial results survive
+    med = _save(results, args, base, folder, t_start)
     print("\n| delta | seed | C0 | b | PD entry (digits / Newton) | sweep runs | sweep steps "
           "| ratio (digits / Newton) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -320,6 +309,26 @@ def main(argv: list[str] | None = None) -> int:
               f"{rv['digits']} / {rv['newton']} |")
     print(f"median ratio {med} (goal >= {GOAL}); results in {folder}")
     return 0
+
+
+def _save(results: list[dict[str, Any]], args: argparse.Namespace, base: Any, folder: Path,
+          t_start: float) -> float | None:
+    """Write the JSON and the figure of the runs so far; return the median ratio."""
+    from dualdiff._io import dump_strict_json
+    from dualdiff.experiments.report import environment
+
+    ratios = [r["ratio"] for r in results if r["ratio"] is not None]
+    med = statistics.median(ratios) if ratios else None
+    out = {
+        "benchmark": "bench_one_run_digits", "goal": f">= {GOAL}x fewer steps",
+        "median_ratio": med, "met": None if med is None else med >= GOAL,
+        "n_failed": len(results) - len(ratios), "args": vars(args), "config": asdict(base),
+        "results": results, "wall_s": time.perf_counter() - t_start,
+        "environment": environment(),
+    }
+    dump_strict_json(out, folder / "bench_one_run_digits.json", indent=1)
+    _plot(results, folder / "bench_one_run_digits.png")
+    return med
 
 
 if __name__ == "__main__":

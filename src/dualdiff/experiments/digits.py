@@ -61,11 +61,9 @@ from the pretrained one on samples of the unlearned model.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -290,28 +288,10 @@ class DigitsConfig:
 
 # ------------------------------------------------------------------------------ helpers
 def _write_json(path: Path, obj: Any) -> None:
-    """Strict JSON (no NaN/inf), written atomically (temp file in the folder + rename)."""
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
+    """Strict JSON (a non-finite float becomes ``null``, listed), written atomically."""
+    from .._io import dump_strict_json
 
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> bool:
-        return True
+    dump_strict_json(obj, path, indent=2)
 
 
 def _finite(v: float) -> float | None:
