@@ -34,6 +34,12 @@ from .dual_domain import DualDomain
 
 __all__ = ["AnalyticProblem", "UnlearningProblem"]
 
+#: Covariance inflation of the envelopes in a Monte Carlo proposal: a target at multipliers
+#: near (not at) the envelope's keeps importance weights of finite variance (heavier tails).
+_ENVELOPE_INFLATION = 1.25
+#: Relative move of the solution from the proposal's multipliers that triggers a redraw.
+_PROPOSAL_RTOL = 0.01
+
 
 
 def _as_mixture(obj: Any, name: str, owner: str) -> GaussianMixture:
@@ -209,7 +215,9 @@ class AnalyticProblem(UnlearningProblem):
     def rule(self) -> IntegrationRule:
         """The prepared integration rule (built on first use and cached)."""
         if self._rule is None:
-            self._rule = self.integration.prepare([self.pretrained, *self.unlearn, *self._cover])
+            self._rule = self.integration.prepare(
+                [self.pretrained, *self.unlearn], cover=self._cover
+            )
         return self._rule
 
     # ----------------------------------------------------------------- rules that follow
@@ -574,7 +582,7 @@ class AnalyticProblem(UnlearningProblem):
         grid = independent_grid(self.integration, self.rule)
         if grid is None:
             return math.nan
-        rule = grid.prepare([self.pretrained, *self.unlearn, *self._cover])
+        rule = grid.prepare([self.pretrained, *self.unlearn], cover=self._cover)
         x = rule.points
         with torch.no_grad():
             lp = candidate.log_prob(x.to(getattr(candidate, "dtype", x.dtype))).to(_DTYPE)
@@ -646,6 +654,10 @@ class AnalyticProblem(UnlearningProblem):
         self, gtol: float, max_iter: int, refine: bool, rtol_integration: float, atol: float
     ) -> DualSolution:
         sol = self._solve_once(gtol, max_iter)
+        for _ in range(8):
+            if not (refine and self._follow_sampler(sol)):
+                break
+            sol = self._solve_once(gtol, max_iter)
         for _ in range(3):
             if not refine or self._grid_accurate(sol.multipliers, rtol_integration):
                 break
@@ -660,6 +672,55 @@ class AnalyticProblem(UnlearningProblem):
                 break  # the point cap binds: a rebuild would not be finer
             sol = self._solve_once(gtol, max_iter)
         return self._finalise(sol, atol)
+
+    #: Multipliers at which the Monte Carlo proposal's envelopes were built (newest last).
+    _proposal_path: tuple[torch.Tensor, ...] = ()
+
+    def _follow_sampler(self, sol: DualSolution) -> bool:
+        r"""Monte Carlo: redraw the points from a proposal that follows the target.
+
+        The proposal gets Gaussian envelopes of the tilted target (upper bounds of it, so the
+        importance weights of the target there are bounded and the standard errors are those
+        of a finite-variance estimator) at the last three points of a continuation path
+        :math:`\lambda_p`: the solution's multipliers, or, when the solve ended at the edge of
+        the domain or without converging (a proposal that misses the target's tails biases the
+        dual upwards there), half-way from the previous :math:`\lambda_p` (0 at first); their
+        covariances are inflated 1.25-fold (tails heavier than those of targets near
+        :math:`\lambda_p`). Not rebuilt when the solution lies within 1% (relative, per
+        multiplier) of the newest
+        :math:`\lambda_p` and the solve converged. Returns whether the rule was rebuilt.
+        """
+        lam = sol.multipliers
+        if self.integration.method != "monte_carlo" or self._exact(lam) is not None:
+            return False
+        path = self._proposal_path
+        prev = path[-1] if path else torch.zeros_like(lam)
+        converged = sol.status in ("optimal", "inaccurate")
+        close = bool(((lam - prev).abs() <= _PROPOSAL_RTOL * prev.abs() + 1e-12).all())
+        if path and converged and close:
+            return False
+        at = lam if converged else 0.5 * (prev + lam)
+        env = self._envelope(at)
+        if env is None:
+            return False
+        path = (*path, at.detach().clone())[-3:]
+        cover = []
+        for point in path:
+            e = self._envelope(point)
+            if e is None:
+                continue
+            keep = e.log_masses > e.log_mass - 46.0
+            w = torch.softmax(e.log_masses[keep], 0)
+            covs = _ENVELOPE_INFLATION * e.covariances[keep]
+            cover.append(GaussianMixture(w, e.means[keep], covs))
+        self._cover = cover
+        self._proposal_path = path
+        self._reset_rule()
+        return True
+
+    def _exact(self, lam: torch.Tensor) -> Any:
+        """The exact target's Gaussian mixture at ``lam`` (``None``: no closed form)."""
+        return None
 
     def _follow_target(self, sol: DualSolution) -> None:
         """Cover a Gaussian moment-matched to the target's mass (generic targets)."""
