@@ -268,7 +268,11 @@ class AnalyticProblem(UnlearningProblem):
         spacing = float(((hi - lo) / max(n - 1, 1)).max())
         min_std = float(torch.linalg.eigvalsh(covs).min().clamp_min(0).sqrt())
         cap = int(grid.max_points ** (1.0 / self.dim))
-        resolved = spacing <= min_std / grid.resolution * 1.05 or n >= cap - 1
+        # a per-component rule resolves each component on its own grid (the spacing across
+        # the whole box says nothing); only the box's coverage is checked
+        resolved = (
+            self.rule.per_component or spacing <= min_std / grid.resolution * 1.05 or n >= cap - 1
+        )
         if covered and resolved:
             return
         w = torch.softmax(env.log_masses[keep], 0)
