@@ -661,7 +661,7 @@ class AnalyticProblem(UnlearningProblem):
         for _ in range(8):
             if not (refine and self._follow_sampler(sol)):
                 break
-            sol = self._solve_once(gtol, max_iter)
+            sol = self._solve_once(gtol, max_iter, start=sol.multipliers)
         for _ in range(3):
             if not refine or self._grid_accurate(sol.multipliers, rtol_integration):
                 break
@@ -674,7 +674,9 @@ class AnalyticProblem(UnlearningProblem):
             self._follow_target(sol)
             if self.rule.points_per_dim <= before[0] and self.rule.n_points <= before[1]:
                 break  # the point cap binds: a rebuild would not be finer
-            sol = self._solve_once(gtol, max_iter)
+            # warm start: the finer rule moves the maximiser little (from 0, each refinement
+            # re-walked the whole path, which on a near-flat ridge took hundreds of calls)
+            sol = self._solve_once(gtol, max_iter, start=sol.multipliers)
         return self._finalise(sol, atol)
 
     #: Multipliers at which the Monte Carlo proposal's envelopes were built (newest last).
@@ -820,7 +822,9 @@ class AnalyticProblem(UnlearningProblem):
             gradient=ev.grad,
         )
 
-    def _solve_once(self, gtol: float, max_iter: int) -> DualSolution:
+    def _solve_once(
+        self, gtol: float, max_iter: int, start: torch.Tensor | None = None
+    ) -> DualSolution:
         upper, closed = self._domain_upper()
 
         def oracle(lam: torch.Tensor) -> DualEval:
@@ -835,6 +839,7 @@ class AnalyticProblem(UnlearningProblem):
             gtol=gtol,
             max_iter=max_iter,
             infeasible_at=self._infeasible_at(),
+            start=start,
         )
         if bool((lam > 0).any()) and not self._in_domain(lam)[0]:
             lam, factor = self._pull_back(lam)
