@@ -633,6 +633,11 @@ class AnalyticProblem(UnlearningProblem):
             solution exceeds ``rtol_integration * (1 + |g|)`` (a target whose tails leave the box,
             or sharper than the spacing), rebuild a wider, finer grid that also covers the
             target's mass and solve again (at most three times; every solve is checked).
+            Monte Carlo (problems with a Gaussian envelope of the target that moves with the
+            multipliers: LU-log, RU): redraw the points from a proposal that follows the
+            target at the solution and solve again, warm-started, until the solution stays
+            within 1% of where the proposal was built (at most eight redraws).
+            ``refine=False`` keeps the first rule.
         rtol_integration
             See ``refine``.
         atol_integration
@@ -699,6 +704,8 @@ class AnalyticProblem(UnlearningProblem):
         lam = sol.multipliers
         if self.integration.method != "monte_carlo" or self._exact(lam) is not None:
             return False
+        if not self._envelope_moves:
+            return False
         path = self._proposal_path
         prev = path[-1] if path else torch.zeros_like(lam)
         converged = sol.status in ("optimal", "inaccurate")
@@ -722,6 +729,14 @@ class AnalyticProblem(UnlearningProblem):
         self._cover = cover
         self._proposal_path = path
         self._reset_rule()
+        return True
+
+    @property
+    def _envelope_moves(self) -> bool:
+        """Whether :meth:`_envelope` depends on the multipliers.
+
+        If not, the default proposal, which contains ``p0``, already bounds the weights.
+        """
         return True
 
     def _exact(self, lam: torch.Tensor) -> Any:
