@@ -344,10 +344,15 @@ class Runner:
 
 
 # ------------------------------------------------------------------------------ search rules
-def search_grid_bisection(run: Runner) -> dict[str, Any]:
-    """Strategy A: log grid of eta (launched together), then bisection in log eta."""
-    runs = [run.fixed(float(esd_lambda(eta)[0])) for eta in GRID_ETA]
-    while not any(r["outcome"] == "hit" for r in runs) and len(runs) < MAX_RUNS:
+def search_grid_bisection(run: Any, grid: list[float] | None = None,
+                          max_runs: int = MAX_RUNS) -> dict[str, Any]:
+    """Strategy A: log grid of eta (launched together), then bisection in log eta.
+
+    ``run.fixed(lam)`` trains (or returns the cached) fixed-weight run at ``lam`` and its
+    outcome (:func:`decide`); ``grid`` defaults to ``GRID_ETA``.
+    """
+    runs = [run.fixed(float(esd_lambda(eta)[0])) for eta in (grid or GRID_ETA)]
+    while not any(r["outcome"] == "hit" for r in runs) and len(runs) < max_runs:
         unders = [r["eta"] for r in runs if r["outcome"] == "under"]
         overs = [r["eta"] for r in runs if r["outcome"] == "over"]
         if not overs:

@@ -43,7 +43,6 @@ temporary folder).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -54,7 +53,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_one_run import decide, entry_step  # same folder: the shared counting rules
+from bench_one_run import (  # same folder: the shared counting and search rules
+    decide,
+    entry_step,
+    search_grid_bisection,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 5.0
@@ -193,27 +196,10 @@ class DigitsRunner:
 
 
 def sweep(run: DigitsRunner, grid: list[float]) -> dict[str, Any]:
-    """Grid of ESD scales (all paid), then bisection in log eta until a run hits."""
-    from dualdiff import esd_lambda
-
-    runs = [run.fixed(float(esd_lambda([eta])[0])) for eta in grid]
-    while not any(r["outcome"] == "hit" for r in runs) and len(runs) < MAX_RUNS:
-        unders = [r["eta"] for r in runs if r["outcome"] == "under"]
-        overs = [r["eta"] for r in runs if r["outcome"] == "over"]
-        if not overs:
-            eta = 10 * max(unders)
-        elif not unders:
-            eta = min(overs) / 10
-        else:
-            eta = math.sqrt(max(unders) * min(overs))
-        runs.append(run.fixed(float(esd_lambda([eta])[0])))
-    return {
-        "runs": [{k: v for k, v in r.items() if k != "trace"} for r in runs],
-        "n_runs": len(runs),
-        "hit": any(r["outcome"] == "hit" for r in runs),
-        "total_steps": sum(r["charged_steps"] for r in runs),
-        "wall_s": sum(r["wall_s"] for r in runs),
-    }
+    """``bench_one_run``'s strategy A (grid, then bisection in log eta) on digits runs."""
+    out = search_grid_bisection(run, grid, MAX_RUNS)
+    out["wall_s"] = sum(r["wall_s"] for r in out["runs"])
+    return out
 
 
 def _plot(results: list[dict[str, Any]], path: Path) -> None:
