@@ -163,3 +163,11 @@ for ax, x, title in ((axes[0], x_before, "pretrained"), (axes[1], x_after, "RU, 
     ax.axis("off")
 fig.tight_layout()
 print(f"example ran in {time.perf_counter() - t_start:.0f} s")
+
+# Save the figures (``./figures`` or ``$DUALDIFF_FIGURES``) so a headless run keeps them, then
+# show them when a display is available.
+from dualdiff.experiments.report import save_open_figures
+
+for path in save_open_figures("plot_digits_unlearning"):
+    print("saved", path)
+plt.show()

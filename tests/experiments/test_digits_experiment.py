@@ -186,10 +186,15 @@ def test_report_json_is_strict_and_atomic(tmp_path: Path) -> None:
 
     path = tmp_path / "report.json"
     _write_json(path, {"a": 1.0})
-    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
-        _write_json(path, {"a": float("nan")})
-    # the old report is intact and no temporary file is left behind
     assert json.loads(path.read_text()) == {"a": 1.0}
+    # a non-finite value is written as null and listed (strict JSON any parser reads)
+    _write_json(path, {"a": float("nan"), "b": [1.0, float("inf")]})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    out = json.loads(text)
+    assert out["a"] is None and out["b"] == [1.0, None]
+    assert set(out["non_finite"]) == {"a", "b/1"}
+    # the write is atomic: no temporary file is left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
 
 
