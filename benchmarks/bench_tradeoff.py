@@ -111,7 +111,6 @@ class Ring:
 
         self.p0 = ring_mixture()
         self.q = self.p0.component(0)
-        k = self.p0.n_components
         self.q_r = GaussianMixture(self.p0.weights[1:] / self.p0.weights[1:].sum(),
                                    self.p0.means[1:], self.p0.covariances[1:])
         self.grid = GridQuadrature(extent=6, resolution=3)
@@ -132,7 +131,6 @@ class Ring:
                                                            integration=self.grid)
         self.fu = lambda b: KLConstrainedProblem(self.p0, [self.q], bounds=[b],
                                                  direction="forward", integration=self.grid)
-        assert k == 8
 
     def metrics(self, model: Any) -> dict[str, float]:
         """Exact (grid) separation, deviation and retention of a trained mixture."""

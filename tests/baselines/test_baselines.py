@@ -13,8 +13,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from _linear import LinearScore
 from scipy import integrate, stats
-from torch import nn
 
 from dualdiff import DualDomainError, GaussianMixture, GridQuadrature, KLConstrainedProblem
 from dualdiff.baselines import (
@@ -196,17 +196,6 @@ def test_siss_bad_input():
 
 
 # ---------------------------------------------------------------------------- NegGrad
-class LinearScore(nn.Module):
-    """score(x, t) = -theta * x (one parameter): eps_hat = sigma_t * theta * x_t."""
-
-    def __init__(self, theta: float) -> None:
-        super().__init__()
-        self.theta = nn.Parameter(torch.tensor(theta, dtype=torch.float64))
-
-    def score(self, x, t=0.0, cond=None):
-        return -self.theta * x
-
-
 def _hand_neggrad(theta, xr, nr, xf, nf, t, mu, nu):
     """Loss and d/dtheta by hand: l = (sigma theta x_t - eps)^2, x_t = alpha x + sigma eps."""
     a, s = _alpha_sigma(t)

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _linear import LinearScore
 from scipy import integrate, stats
 from torch import nn
 
@@ -29,17 +30,6 @@ def _alpha_sigma(t: float) -> tuple[float, float]:
     """VP schedule in closed form (beta_min 0.1, beta_max 20, the library's default)."""
     a = math.exp(-0.25 * t * t * (20.0 - 0.1) - 0.5 * t * 0.1)
     return a, math.sqrt(1.0 - a * a)
-
-
-class LinearScore(nn.Module):
-    """score(x, t) = -theta * x: eps_hat = sigma_t * theta * x_t (one parameter)."""
-
-    def __init__(self, theta: float) -> None:
-        super().__init__()
-        self.theta = nn.Parameter(torch.tensor(theta, dtype=torch.float64))
-
-    def score(self, x, t=0.0, cond=None):
-        return -self.theta * x
 
 
 class TwoParamScore(nn.Module):
