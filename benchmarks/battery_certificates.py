@@ -8,7 +8,7 @@ Each solve is classified ``correct`` (optimal and right), ``inaccurate`` (no cla
 inaccurate / max_iter) or ``wrong`` (a false claim: wrong optimum, a dual value above the
 optimum beyond its error bar, boundary or infeasible for an interior optimum).
 
-Run:  python benchmarks/battery_certificates.py [--n 150] [--seed 0] [--out FILE]
+Run:  python benchmarks/battery_certificates.py [--n 150] [--seed 0] [--out FILE] [--slow 10]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--slow", type=float, default=10.0, help="print solves slower than this (s)")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     rows, counts = [], collections.Counter()
@@ -68,10 +69,14 @@ def main() -> None:
         )
         if verdict == "wrong":
             print(f"[{i}] WRONG {kind} m={m} frac={frac:.3f} scale={scale}: {why}", flush=True)
+        elif dt > args.slow:
+            print(f"[{i}] slow {key} m={m} frac={frac:.3f} scale={scale}: {status} in {dt:.1f} s",
+                  flush=True)
     times = [r["time_s"] for r in rows]
     print(
         f"instances {args.n}: correct {counts['correct']}, inaccurate {counts['inaccurate']}, "
-        f"wrong {counts['wrong']}, crash {counts['crash']}; median solve {np.median(times):.3f} s"
+        f"wrong {counts['wrong']}, crash {counts['crash']}; median solve {np.median(times):.3f} s, "
+        f"max {max(times):.1f} s, total {sum(times):.1f} s"
     )
     for k in sorted(k for k in counts if ":" in k):
         print(f"  {k}: {counts[k]}")

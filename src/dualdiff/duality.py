@@ -199,6 +199,7 @@ def maximize_dual(
     xtol: float = 1e-12,
     max_iter: int = 100,
     infeasible_at: float = 1e8,
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, str, int, int, list[tuple[list[float], float]], str]:
     """Maximise a concave dual over ``0 <= lam <= upper`` intersected with a domain.
 
@@ -225,6 +226,10 @@ def maximize_dual(
         Iteration cap (status ``"max_iter"``).
     infeasible_at
         Multipliers beyond this norm with an ascending dual mean the dual is unbounded.
+    start
+        Several constraints: a starting point (e.g. the solution on a coarser rule); ignored
+        when it is outside ``[0, upper]``, fails ``in_domain`` or its dual is not finite
+        (the solve then starts at 0).
 
     Returns
     -------
@@ -247,7 +252,7 @@ def maximize_dual(
         return (*_maximize_1d(f, float(up[0]), upper_closed, gtol, xtol, max_iter, infeasible_at),)
     if not upper_closed:  # stay strictly inside open bounds
         up = torch.where(torch.isfinite(up), up * (1 - 1e-10), up)
-    return (*_maximize_nd(f, m, up, in_domain, gtol, xtol, max_iter, infeasible_at),)
+    return (*_maximize_nd(f, m, up, in_domain, gtol, xtol, max_iter, infeasible_at, start),)
 
 
 def _maximize_1d(
@@ -346,9 +351,20 @@ def _maximize_nd(
     xtol: float,
     max_iter: int,
     infeasible_at: float,
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, str, int, int, list[tuple[list[float], float]], str]:
     lam = torch.zeros(m, dtype=torch.float64)
-    cur = f(lam)
+    cur = None
+    if start is not None:
+        x0 = start.detach().to(torch.float64).reshape(-1)
+        inside = bool((x0 >= 0).all()) and bool((x0 <= upper).all())
+        if x0.numel() == m and inside and (in_domain is None or in_domain(x0)):
+            cur = f(x0)
+            if cur is not None:
+                lam = x0.clone()
+    if cur is None:
+        lam = torch.zeros(m, dtype=torch.float64)
+        cur = f(lam)
     if cur is None:
         raise ValueError("solve_dual: the dual is not finite at lam = 0 (check the problem data)")
     hist = [(lam.tolist(), cur.value)]

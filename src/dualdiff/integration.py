@@ -53,6 +53,10 @@ class IntegrationRule:
     coarse_mask: torch.Tensor | None = None
     edge_mask: torch.Tensor | None = None
     points_per_dim: int = 1
+    #: Grid only: a union of per-component grids with a partition of unity
+    #: (:meth:`GridQuadrature.prepare` builds one when a single uniform grid cannot resolve
+    #: every component under the point cap).
+    per_component: bool = False
 
     @property
     def _tail_factor(self) -> float:
@@ -247,9 +251,18 @@ class GridQuadrature:
         )
 
     def prepare(
-        self, dists: Sequence[GaussianMixture], generator: torch.Generator | None = None
+        self,
+        dists: Sequence[GaussianMixture],
+        generator: torch.Generator | None = None,
+        *,
+        cover: Sequence[GaussianMixture] = (),
     ) -> IntegrationRule:
-        """Build the grid covering every mixture in ``dists`` (all of one dimension ``d``)."""
+        """Build the grid covering every mixture in ``dists`` and ``cover`` (one dimension ``d``).
+
+        ``cover`` holds extra mixtures (where a tilted target puts its mass); for a grid they
+        are simply more mixtures to cover.
+        """
+        dists = [*dists, *cover]
         d = dists[0].dim
         dtype, device = dists[0].dtype, dists[0].device
         if d > 2:
@@ -274,6 +287,8 @@ class GridQuadrature:
             n = math.ceil(width / (min_std / self.resolution)) + 1
             n = max(n, 41)
         cap = int(self.max_points ** (1.0 / d))
+        if n > cap and self.points_per_dim is None and self.bounds is None:
+            return self._per_component(dists)
         n = min(n, cap)
         if n % 2 == 0:
             n += 1 if n + 1 <= cap or self.points_per_dim is not None else -1
@@ -297,6 +312,78 @@ class GridQuadrature:
             points_per_dim=n,
         )
 
+    def _per_component(self, dists: Sequence[GaussianMixture]) -> IntegrationRule:
+        r"""A union of per-component grids glued by a Gaussian partition of unity.
+
+        With :math:`\pi = \sum_k \pi_k\mathcal N_k` the mixture of every component of
+        ``dists`` (each mixture given equal total weight) and
+        :math:`\psi_k = \pi_k\mathcal N_k/\pi` (so :math:`\sum_k\psi_k = 1`),
+
+        .. math:: \int f = \sum_k \int f\,\psi_k,
+
+        and the ``k``-th term is integrated by the trapezoid rule on a grid covering component
+        ``k``'s box (``extent`` standard deviations) at ``resolution`` points per its smallest
+        standard deviation: :math:`f\psi_k = \pi_k\mathcal N_k\,(f/\pi)` decays like
+        :math:`\mathcal N_k` wherever ``f`` is covered by ``pi``. Every component is resolved
+        whatever the ratio of scales (a single uniform grid under the point cap cannot resolve
+        a standard deviation of 1e-3 next to one of 1e3). Error bars: the difference to each
+        grid's double-spacing sub-grid plus the edge layers' mass, as for one grid.
+        """
+        d = dists[0].dim
+        dtype = dists[0].dtype
+        device = dists[0].device
+        ws, mus, covs = [], [], []
+        for p in dists:
+            keep = p.weights > 0
+            w = p.weights[keep].to(dtype)
+            ws.append(w / w.sum() / len(dists))
+            mus.append(p.means[keep].to(dtype))
+            covs.append(p.covariances[keep].to(dtype))
+        w_all, cov_all = torch.cat(ws), torch.cat(covs)
+        # partition weights boosted by |Sigma_k|^(-1/4): near a narrow component the wide
+        # components' share (their grids' aliasing error there) shrinks by the square root of
+        # the ratio of scales, while a narrow component's share still vanishes at its box edge
+        w_all = w_all * torch.exp(-0.25 * torch.linalg.slogdet(cov_all)[1])
+        pi = GaussianMixture(w_all / w_all.sum(), torch.cat(mus), cov_all)
+        n_comp = pi.n_components
+        std = torch.sqrt(torch.diagonal(pi.covariances, dim1=-2, dim2=-1))  # (K, d)
+        min_std = torch.linalg.eigvalsh(pi.covariances).min(-1).values.clamp_min(0).sqrt()
+        ratio = float((std.max(-1).values / min_std).max())
+        n = max(math.ceil(2 * self.extent * ratio * self.resolution) + 1, 41)
+        cap = max(int((self.max_points / n_comp) ** (1.0 / d)), 5)
+        n = min(n, cap)
+        if n % 2 == 0:
+            n -= 1
+        idx = torch.meshgrid(*[torch.arange(n) for _ in range(d)], indexing="ij")
+        idx_flat = torch.stack([i.reshape(-1) for i in idx], -1)
+        unit = idx_flat.to(dtype) / (n - 1) * 2.0 - 1.0  # [-1, 1]^d
+        coarse1 = (idx_flat % 2 == 0).all(-1)
+        edge1 = ((idx_flat == 0) | (idx_flat == n - 1)).any(-1)
+        trap1 = math.log(0.5) * edge_count(idx_flat, n).to(dtype)
+        pts, logw, coarse, edge = [], [], [], []
+        log_pi_w = torch.log(pi.weights)
+        for k in range(n_comp):
+            half = self.extent * std[k]
+            x = pi.means[k] + unit * half
+            h = 2.0 * half / (n - 1)
+            comp = GaussianMixture(
+                torch.ones(1, dtype=dtype), pi.means[k : k + 1], pi.covariances[k : k + 1]
+            )
+            log_psi = log_pi_w[k] + comp.log_prob(x) - pi.log_prob(x)
+            pts.append(x)
+            logw.append(float(torch.log(h).sum()) + trap1 + log_psi)
+            coarse.append(coarse1)
+            edge.append(edge1)
+        return IntegrationRule(
+            points=torch.cat(pts).to(device),
+            log_weights=torch.cat(logw).to(device),
+            method="grid",
+            coarse_mask=torch.cat(coarse).to(device),
+            edge_mask=torch.cat(edge).to(device),
+            points_per_dim=n,
+            per_component=True,
+        )
+
 
 def edge_count(idx: torch.Tensor, n: int) -> torch.Tensor:
     """Number of coordinates of each multi-index lying on the box boundary, ``(N,)``."""
@@ -307,8 +394,13 @@ class MonteCarlo:
     r"""Importance-sampling Monte Carlo with a defensive mixture proposal.
 
     The proposal is :math:`\pi = \tfrac12 p_0^{(s)} + \tfrac1{2m}\sum_i q_i^{(s)}`, every
-    component's covariance multiplied by ``inflation`` (``s``). Points are drawn once per
-    problem (common random numbers).
+    component's covariance multiplied by ``inflation`` (``s``). When the problem passes
+    ``cover`` mixtures (a Gaussian envelope of the tilted target at the current multipliers,
+    see :doc:`/mathematics`, "What a certificate guarantees"), the proposal gives them half
+    its mass: :math:`\pi = \tfrac12 e + \tfrac14 p_0 + \tfrac1{4m}\sum_i q_i`. An envelope
+    bounds the target from above, so the importance weights of the target stay bounded by
+    twice the envelope's mass over the target's, and the central limit theorem behind the
+    standard errors applies. Points are drawn once per rule (common random numbers).
 
     Parameters
     ----------
@@ -334,24 +426,36 @@ class MonteCarlo:
     def __repr__(self) -> str:
         return f"MonteCarlo(n={self.n}, seed={self.seed}, inflation={self.inflation})"
 
-    def proposal(self, dists: Sequence[GaussianMixture]) -> GaussianMixture:
-        """The defensive mixture proposal for ``dists = [p0, q_1, ..., q_m]``."""
+    def proposal(
+        self, dists: Sequence[GaussianMixture], cover: Sequence[GaussianMixture] = ()
+    ) -> GaussianMixture:
+        """The defensive mixture proposal for ``dists = [p0, q_1, ..., q_m]`` and ``cover``."""
         p0, qs = dists[0], list(dists[1:])
-        parts_w = [0.5 * p0.weights if qs else p0.weights]
+        share_cover = 0.5 if cover else 0.0
+        share_q = 0.5 * (1.0 - share_cover) if qs else 0.0
+        parts_w = [(1.0 - share_cover - share_q) * p0.weights]
         parts_m, parts_c = [p0.means], [p0.covariances]
         for q in qs:
-            parts_w.append(q.weights * (0.5 / len(qs)))
+            parts_w.append(q.weights * (share_q / len(qs)))
             parts_m.append(q.means.to(p0.dtype))
             parts_c.append(q.covariances.to(p0.dtype))
+        for c in cover:
+            parts_w.append(c.weights.to(p0.dtype) * (share_cover / len(cover)))
+            parts_m.append(c.means.to(p0.dtype))
+            parts_c.append(c.covariances.to(p0.dtype))
         return GaussianMixture(
             torch.cat(parts_w), torch.cat(parts_m), torch.cat(parts_c) * self.inflation
         )
 
     def prepare(
-        self, dists: Sequence[GaussianMixture], generator: torch.Generator | None = None
+        self,
+        dists: Sequence[GaussianMixture],
+        generator: torch.Generator | None = None,
+        *,
+        cover: Sequence[GaussianMixture] = (),
     ) -> IntegrationRule:
         """Draw ``n`` proposal points; log-weights are ``-log(n * pi(x))``."""
-        prop = self.proposal(dists)
+        prop = self.proposal(dists, cover)
         gen = generator if generator is not None else torch.Generator().manual_seed(self.seed)
         with torch.no_grad():
             x = prop.sample(self.n, generator=gen)

@@ -34,6 +34,12 @@ from .dual_domain import DualDomain
 
 __all__ = ["AnalyticProblem", "UnlearningProblem"]
 
+#: Covariance inflation of the envelopes in a Monte Carlo proposal: a target at multipliers
+#: near (not at) the envelope's keeps importance weights of finite variance (heavier tails).
+_ENVELOPE_INFLATION = 1.25
+#: Relative move of the solution from the proposal's multipliers that triggers a redraw.
+_PROPOSAL_RTOL = 0.01
+
 
 
 def _as_mixture(obj: Any, name: str, owner: str) -> GaussianMixture:
@@ -209,7 +215,9 @@ class AnalyticProblem(UnlearningProblem):
     def rule(self) -> IntegrationRule:
         """The prepared integration rule (built on first use and cached)."""
         if self._rule is None:
-            self._rule = self.integration.prepare([self.pretrained, *self.unlearn, *self._cover])
+            self._rule = self.integration.prepare(
+                [self.pretrained, *self.unlearn], cover=self._cover
+            )
         return self._rule
 
     # ----------------------------------------------------------------- rules that follow
@@ -260,7 +268,11 @@ class AnalyticProblem(UnlearningProblem):
         spacing = float(((hi - lo) / max(n - 1, 1)).max())
         min_std = float(torch.linalg.eigvalsh(covs).min().clamp_min(0).sqrt())
         cap = int(grid.max_points ** (1.0 / self.dim))
-        resolved = spacing <= min_std / grid.resolution * 1.05 or n >= cap - 1
+        # a per-component rule resolves each component on its own grid (the spacing across
+        # the whole box says nothing); only the box's coverage is checked
+        resolved = (
+            self.rule.per_component or spacing <= min_std / grid.resolution * 1.05 or n >= cap - 1
+        )
         if covered and resolved:
             return
         w = torch.softmax(env.log_masses[keep], 0)
@@ -574,7 +586,7 @@ class AnalyticProblem(UnlearningProblem):
         grid = independent_grid(self.integration, self.rule)
         if grid is None:
             return math.nan
-        rule = grid.prepare([self.pretrained, *self.unlearn, *self._cover])
+        rule = grid.prepare([self.pretrained, *self.unlearn], cover=self._cover)
         x = rule.points
         with torch.no_grad():
             lp = candidate.log_prob(x.to(getattr(candidate, "dtype", x.dtype))).to(_DTYPE)
@@ -621,6 +633,11 @@ class AnalyticProblem(UnlearningProblem):
             solution exceeds ``rtol_integration * (1 + |g|)`` (a target whose tails leave the box,
             or sharper than the spacing), rebuild a wider, finer grid that also covers the
             target's mass and solve again (at most three times; every solve is checked).
+            Monte Carlo (problems with a Gaussian envelope of the target that moves with the
+            multipliers: LU-log, RU): redraw the points from a proposal that follows the
+            target at the solution and solve again, warm-started, until the solution stays
+            within 1% of where the proposal was built (at most eight redraws).
+            ``refine=False`` keeps the first rule.
         rtol_integration
             See ``refine``.
         atol_integration
@@ -646,6 +663,10 @@ class AnalyticProblem(UnlearningProblem):
         self, gtol: float, max_iter: int, refine: bool, rtol_integration: float, atol: float
     ) -> DualSolution:
         sol = self._solve_once(gtol, max_iter)
+        for _ in range(8):
+            if not (refine and self._follow_sampler(sol)):
+                break
+            sol = self._solve_once(gtol, max_iter, start=sol.multipliers)
         for _ in range(3):
             if not refine or self._grid_accurate(sol.multipliers, rtol_integration):
                 break
@@ -658,8 +679,69 @@ class AnalyticProblem(UnlearningProblem):
             self._follow_target(sol)
             if self.rule.points_per_dim <= before[0] and self.rule.n_points <= before[1]:
                 break  # the point cap binds: a rebuild would not be finer
-            sol = self._solve_once(gtol, max_iter)
+            # warm start: the finer rule moves the maximiser little (from 0, each refinement
+            # re-walked the whole path, which on a near-flat ridge took hundreds of calls)
+            sol = self._solve_once(gtol, max_iter, start=sol.multipliers)
         return self._finalise(sol, atol)
+
+    #: Multipliers at which the Monte Carlo proposal's envelopes were built (newest last).
+    _proposal_path: tuple[torch.Tensor, ...] = ()
+
+    def _follow_sampler(self, sol: DualSolution) -> bool:
+        r"""Monte Carlo: redraw the points from a proposal that follows the target.
+
+        The proposal gets Gaussian envelopes of the tilted target (upper bounds of it, so the
+        importance weights of the target there are bounded and the standard errors are those
+        of a finite-variance estimator) at the last three points of a continuation path
+        :math:`\lambda_p`: the solution's multipliers, or, when the solve ended at the edge of
+        the domain or without converging (a proposal that misses the target's tails biases the
+        dual upwards there), half-way from the previous :math:`\lambda_p` (0 at first); their
+        covariances are inflated 1.25-fold (tails heavier than those of targets near
+        :math:`\lambda_p`). Not rebuilt when the solution lies within 1% (relative, per
+        multiplier) of the newest
+        :math:`\lambda_p` and the solve converged. Returns whether the rule was rebuilt.
+        """
+        lam = sol.multipliers
+        if self.integration.method != "monte_carlo" or self._exact(lam) is not None:
+            return False
+        if not self._envelope_moves:
+            return False
+        path = self._proposal_path
+        prev = path[-1] if path else torch.zeros_like(lam)
+        converged = sol.status in ("optimal", "inaccurate")
+        close = bool(((lam - prev).abs() <= _PROPOSAL_RTOL * prev.abs() + 1e-12).all())
+        if path and converged and close:
+            return False
+        at = lam if converged else 0.5 * (prev + lam)
+        env = self._envelope(at)
+        if env is None:
+            return False
+        path = (*path, at.detach().clone())[-3:]
+        cover = []
+        for point in path:
+            e = self._envelope(point)
+            if e is None:
+                continue
+            keep = e.log_masses > e.log_mass - 46.0
+            w = torch.softmax(e.log_masses[keep], 0)
+            covs = _ENVELOPE_INFLATION * e.covariances[keep]
+            cover.append(GaussianMixture(w, e.means[keep], covs))
+        self._cover = cover
+        self._proposal_path = path
+        self._reset_rule()
+        return True
+
+    @property
+    def _envelope_moves(self) -> bool:
+        """Whether :meth:`_envelope` depends on the multipliers.
+
+        If not, the default proposal, which contains ``p0``, already bounds the weights.
+        """
+        return True
+
+    def _exact(self, lam: torch.Tensor) -> Any:
+        """The exact target's Gaussian mixture at ``lam`` (``None``: no closed form)."""
+        return None
 
     def _follow_target(self, sol: DualSolution) -> None:
         """Cover a Gaussian moment-matched to the target's mass (generic targets)."""
@@ -755,7 +837,9 @@ class AnalyticProblem(UnlearningProblem):
             gradient=ev.grad,
         )
 
-    def _solve_once(self, gtol: float, max_iter: int) -> DualSolution:
+    def _solve_once(
+        self, gtol: float, max_iter: int, start: torch.Tensor | None = None
+    ) -> DualSolution:
         upper, closed = self._domain_upper()
 
         def oracle(lam: torch.Tensor) -> DualEval:
@@ -770,6 +854,7 @@ class AnalyticProblem(UnlearningProblem):
             gtol=gtol,
             max_iter=max_iter,
             infeasible_at=self._infeasible_at(),
+            start=start,
         )
         if bool((lam > 0).any()) and not self._in_domain(lam)[0]:
             lam, factor = self._pull_back(lam)

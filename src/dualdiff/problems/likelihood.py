@@ -243,6 +243,11 @@ class LikelihoodConstrainedProblem(AnalyticProblem):
             return tilted_envelope(self.pretrained, [], [], 1.0)
         return None
 
+    @property
+    def _envelope_moves(self) -> bool:
+        # density likelihood: the envelope is p0 itself, already in the default proposal
+        return self.likelihood_name == "log"
+
     def _exact_moments(self, mix: TiltedMixture) -> tuple[torch.Tensor, torch.Tensor]:
         quads = [gaussian_log_quadratic(q.means[0], q.covariances[0]) for q in self.unlearn]
         return quadratic_moments(mix, quads)
