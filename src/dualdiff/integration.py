@@ -28,6 +28,11 @@ from .models.gaussian_mixture import GaussianMixture
 
 __all__ = ["GridQuadrature", "IntegrationRule", "MonteCarlo", "resolve_integration"]
 
+#: A uniform grid capped by ``max_points`` is kept while it still has this many points per
+#: smallest standard deviation (the trapezoid rule's error on a Gaussian at spacing
+#: ``h = sigma/2`` is ~exp(-2 pi^2 sigma^2/h^2) ~ 1e-34); coarser, per-component grids take over.
+_MIN_POINTS_PER_STD = 2.0
+
 
 @dataclass(frozen=True)
 class IntegrationRule:
@@ -287,7 +292,13 @@ class GridQuadrature:
             n = math.ceil(width / (min_std / self.resolution)) + 1
             n = max(n, 41)
         cap = int(self.max_points ** (1.0 / d))
-        if n > cap and self.points_per_dim is None and self.bounds is None:
+        if (
+            n > cap
+            and self.points_per_dim is None
+            and self.bounds is None
+            and width / (cap - 1) > min_std / _MIN_POINTS_PER_STD
+        ):
+            # the capped uniform grid cannot resolve the narrowest component: one grid each
             return self._per_component(dists)
         n = min(n, cap)
         if n % 2 == 0:

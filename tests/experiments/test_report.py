@@ -46,6 +46,10 @@ def test_verdict_states_each_check_and_fails_on_an_infeasible_certificate():
     assert "standard error" in by_name["feasibility"]["rule"]
     ok = rep.verdict(rel, tol, {**cert, "slack": [0.01], "feasible": True})
     assert ok["passed"] is True and ok["label"] == "ok"
+    # a slack within its error bars is "unknown" to the certificate (feasible None), which
+    # is not a rejection: the verdict's rule (>= -3 se) decides, not bool(None)
+    unknown = rep.verdict(rel, tol, {**cert, "slack": [-0.1], "feasible": None})
+    assert unknown["passed"] is True, unknown["checks"]
 
 
 # ------------------------------------------------------------------ the demo's report

@@ -189,11 +189,13 @@ def verdict(
         ``{"multipliers", "constraints", "objective"}`` relative tolerances.
     certificate
         :meth:`~dualdiff.Certificate.to_dict` of the trained model's estimated certificate;
-        adds two statistical checks: every slack :math:`s_i \ge -k\,\mathrm{se}_i` (the
-        certificate's own feasibility rule, ``k = sigmas``) and weak duality
+        adds two statistical checks: every slack :math:`s_i \ge -k\,\mathrm{se}_i`
+        (infeasibility not shown at ``k = sigmas`` standard errors; the certificate's own
+        ``feasible`` is ``True`` only when every :math:`s_i \ge k\,\mathrm{se}_i` and
+        ``None``, unknown, in between) and weak duality
         :math:`f - g(\lambda) \ge -k\,\mathrm{se}`.
     sigmas
-        ``k`` above; it is the certificate's feasibility rule (3 standard errors).
+        ``k`` above (3 standard errors, the certificate's threshold).
 
     Returns
     -------
@@ -218,9 +220,10 @@ def verdict(
         worst = min(z, default=math.inf)
         checks.append(_check(
             "feasibility", worst, -sigmas,
-            f"min over constraints of slack / standard error >= -{sigmas:g} (the "
-            "certificate's feasibility rule)",
-            bool(certificate.get("feasible", worst >= -sigmas)),
+            f"min over constraints of slack / standard error >= -{sigmas:g} (feasibility not "
+            f"rejected at {sigmas:g} standard errors; the certificate's 'feasible' is True only "
+            f"from +{sigmas:g})",
+            worst >= -sigmas,
         ))
         gap, gap_err = float(certificate["gap"]), float(certificate.get("gap_error", 0.0))
         zg = gap / gap_err if gap_err > 0 else (math.inf if gap >= 0 else -math.inf)
