@@ -29,9 +29,13 @@ from .models.gaussian_mixture import GaussianMixture
 __all__ = ["GridQuadrature", "IntegrationRule", "MonteCarlo", "resolve_integration"]
 
 #: A uniform grid capped by ``max_points`` is kept while it still has this many points per
-#: smallest standard deviation (the trapezoid rule's error on a Gaussian at spacing
-#: ``h = sigma/2`` is ~exp(-2 pi^2 sigma^2/h^2) ~ 1e-34); coarser, per-component grids take over.
-_MIN_POINTS_PER_STD = 2.0
+#: smallest standard deviation, so that its error bar's double-spacing sub-grid has two (the
+#: trapezoid rule's error on a Gaussian at spacing ``h = sigma/2`` is
+#: ~exp(-2 pi^2 sigma^2/h^2) ~ 1e-34, and the bar is then an honest one); coarser,
+#: per-component grids take over. With 2 here, a far-level RU instance (m = 3, the target's
+#: envelope 1.3e5 times narrower than the box) was certified ``boundary`` at the wrong
+#: multipliers on a grid of 3 points per its standard deviation.
+_MIN_POINTS_PER_STD = 4.0
 
 
 @dataclass(frozen=True)
