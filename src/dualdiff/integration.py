@@ -28,15 +28,6 @@ from .models.gaussian_mixture import GaussianMixture
 
 __all__ = ["GridQuadrature", "IntegrationRule", "MonteCarlo", "resolve_integration"]
 
-#: A uniform grid capped by ``max_points`` is kept while it still has this many points per
-#: smallest standard deviation, so that its error bar's double-spacing sub-grid has two (the
-#: trapezoid rule's error on a Gaussian at spacing ``h = sigma/2`` is
-#: ~exp(-2 pi^2 sigma^2/h^2) ~ 1e-34, and the bar is then an honest one); coarser,
-#: per-component grids take over. With 2 here, a far-level RU instance (m = 3, the target's
-#: envelope 1.3e5 times narrower than the box) was certified ``boundary`` at the wrong
-#: multipliers on a grid of 3 points per its standard deviation.
-_MIN_POINTS_PER_STD = 4.0
-
 
 @dataclass(frozen=True)
 class IntegrationRule:
@@ -296,13 +287,7 @@ class GridQuadrature:
             n = math.ceil(width / (min_std / self.resolution)) + 1
             n = max(n, 41)
         cap = int(self.max_points ** (1.0 / d))
-        if (
-            n > cap
-            and self.points_per_dim is None
-            and self.bounds is None
-            and width / (cap - 1) > min_std / _MIN_POINTS_PER_STD
-        ):
-            # the capped uniform grid cannot resolve the narrowest component: one grid each
+        if n > cap and self.points_per_dim is None and self.bounds is None:
             return self._per_component(dists)
         n = min(n, cap)
         if n % 2 == 0:

@@ -41,12 +41,14 @@ def test_far_level_smoke(seed):
         assert verdict != "wrong", why
 
 
-def test_far_ru_m3_regression_seed_380():
-    """Found by the property test above: RU m = 3 at 0.9375 of the edge, where the solver's
-    path approaches sum(lam) -> 1 and the target's envelope becomes 1e5 times narrower than
-    the box. A capped uniform grid with 3 points per that width certified ``boundary`` at
-    (0, 0.033, 0.967) although lam* = (0.486, 0.243, 0.092) is interior; it must be right or
-    say ``inaccurate``."""
-    inst = build(np.random.default_rng(380), "RU", 3, 0.9375, 1.0, False)
+@pytest.mark.parametrize(("frac", "scale"), [(0.9375, 1.0), (0.75, 0.1)])
+def test_far_ru_m3_regression_seed_380(frac, scale):
+    """Found by the property test above while choosing when a grid goes per-component: RU
+    m = 3, where the solver's path approaches sum(lam) -> 1 and the target's envelope becomes
+    1e5 times narrower than the box. A uniform grid kept at its point cap (3 points per that
+    width) certified ``boundary`` at (0, 0.033, 0.967) although lam* = (0.486, 0.243, 0.092)
+    is interior (and at 0.75: (0, 0.038, 0.962) for a ridge of optima through
+    (0.001, 0.178, 0.578)). It must be right or say ``inaccurate``."""
+    inst = build(np.random.default_rng(380), "RU", 3, frac, scale, False)
     verdict, why = classify(inst, problem(inst).solve_dual())
     assert verdict != "wrong", why

@@ -39,6 +39,16 @@ __all__ = ["AnalyticProblem", "UnlearningProblem"]
 _ENVELOPE_INFLATION = 1.25
 #: Relative move of the solution from the proposal's multipliers that triggers a redraw.
 _PROPOSAL_RTOL = 0.01
+#: A refinement that turned a uniform grid into per-component grids is undone when its
+#: solution's largest error bar is this many times the previous solution's.
+_WORSE_FACTOR = 10.0
+
+
+def _error_bar(sol: DualSolution) -> float:
+    """Largest integration error bar of a solution's certificate (dual value, constraints)."""
+    cert = sol.certificate
+    errs = [abs(cert.dual_error), *cert.constraint_errors.abs().tolist()]
+    return max(errs) if all(math.isfinite(e) for e in errs) else math.inf
 
 
 
@@ -422,21 +432,39 @@ class AnalyticProblem(UnlearningProblem):
         lam_t = self._check_multipliers(lam, "target")
         return self._accurate_at(lam_t)._target(lam_t)
 
+    def _oracle_error(self, lam: torch.Tensor) -> float:
+        """Largest integration error bar of the dual value and gradient at ``lam``."""
+        ev = self._oracle(lam)
+        return max(ev.value_err, float(ev.grad_err.max()))
+
     def _grid_accurate(self, lam: torch.Tensor, rtol: float) -> bool:
         ev = self._oracle(lam)
         return max(ev.value_err, float(ev.grad_err.max())) <= rtol * (1 + abs(ev.value))
 
     def _accurate_at(self, lam: torch.Tensor, rtol: float = 1e-9) -> AnalyticProblem:
-        """Return ``self``, or a copy on a refined automatic grid accurate at ``lam``."""
+        """Return ``self``, or a copy on a refined automatic grid accurate at ``lam``.
+
+        A refinement that turns a uniform grid into per-component grids is not taken when its
+        error bars at ``lam`` are more than ``_WORSE_FACTOR`` times larger (as in
+        :meth:`solve_dual`): otherwise neighbouring evaluations (finite differences of
+        :meth:`dual`) could land on rules of very different accuracy.
+        """
         prob = self
         for _ in range(3):
             grid = prob.integration
             finer = grid.refined() if isinstance(grid, GridQuadrature) else None
             if finer is None or prob._grid_accurate(lam, rtol):
                 break
-            prob = copy.copy(prob)
-            prob._following = True
-            prob._set_integration(finer)
+            nxt = copy.copy(prob)
+            nxt._following = True
+            nxt._set_integration(finer)
+            if (
+                not prob.rule.per_component
+                and nxt.rule.per_component
+                and nxt._oracle_error(lam) > _WORSE_FACTOR * prob._oracle_error(lam)
+            ):
+                break
+            prob = nxt
         return prob
 
     # ----------------------------------------------------------------- primal side
@@ -675,6 +703,8 @@ class AnalyticProblem(UnlearningProblem):
             if finer is None:
                 break
             before = self.rule.points_per_dim, self.rule.n_points
+            kept = (self.integration, self._cover, sol)
+            was_uniform = not self.rule.per_component
             self._set_integration(finer)
             self._follow_target(sol)
             if self.rule.points_per_dim <= before[0] and self.rule.n_points <= before[1]:
@@ -682,6 +712,16 @@ class AnalyticProblem(UnlearningProblem):
             # warm start: the finer rule moves the maximiser little (from 0, each refinement
             # re-walked the whole path, which on a near-flat ridge took hundreds of calls)
             sol = self._solve_once(gtol, max_iter, start=sol.multipliers)
+            degraded = was_uniform and self.rule.per_component
+            if degraded and _error_bar(sol) > _WORSE_FACTOR * _error_bar(kept[2]):
+                # a refined box past the point cap became per-component grids (accurate to
+                # ~1e-3) and the error bars grew: keep the uniform grid's solve. Only this
+                # switch is undone: between per-component rules the coarser one's small bars
+                # can be the unreliable ones (a far-level RU instance certified a wrong
+                # "boundary" on them)
+                self.integration, self._cover, sol = kept
+                self._reset_rule()
+                break
         return self._finalise(sol, atol)
 
     #: Multipliers at which the Monte Carlo proposal's envelopes were built (newest last).
