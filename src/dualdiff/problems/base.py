@@ -444,9 +444,9 @@ class AnalyticProblem(UnlearningProblem):
     def _accurate_at(self, lam: torch.Tensor, rtol: float = 1e-9) -> AnalyticProblem:
         """Return ``self``, or a copy on a refined automatic grid accurate at ``lam``.
 
-        A refinement that turns a uniform grid into per-component grids is not taken when its
-        error bars at ``lam`` are more than ``_WORSE_FACTOR`` times larger (as in
-        :meth:`solve_dual`): otherwise neighbouring evaluations (finite differences of
+        A refinement whose error bars at ``lam`` are more than ``_WORSE_FACTOR`` times larger
+        is not taken (a refined box past the point cap becomes per-component grids, or wider
+        ones, of lower accuracy): otherwise neighbouring evaluations (finite differences of
         :meth:`dual`) could land on rules of very different accuracy.
         """
         prob = self
@@ -458,11 +458,7 @@ class AnalyticProblem(UnlearningProblem):
             nxt = copy.copy(prob)
             nxt._following = True
             nxt._set_integration(finer)
-            if (
-                not prob.rule.per_component
-                and nxt.rule.per_component
-                and nxt._oracle_error(lam) > _WORSE_FACTOR * prob._oracle_error(lam)
-            ):
+            if nxt._oracle_error(lam) > _WORSE_FACTOR * prob._oracle_error(lam):
                 break
             prob = nxt
         return prob
