@@ -150,7 +150,13 @@ def _check_danskin(problem, lam_star: torch.Tensor) -> None:
             continue
         e = torch.zeros_like(lam)
         e[i] = FD_STEP
-        fd = (problem.dual(lam + e) - problem.dual(lam - e)) / (2 * FD_STEP)
+        # Danskin's identity on one rule: dual_gradient uses the problem's rule, so the finite
+        # difference does too (problem.dual refines a private copy per point, and two points
+        # 2e-5 apart can get refinements of different accuracy, e.g. per-component grids
+        # accurate to ~1e-4: a difference quotient across rules tests the rules, not Danskin;
+        # the accuracy of refined values is checked by _check_normalisation and the far-level
+        # tests against exact references)
+        fd = (problem._oracle(lam + e).value - problem._oracle(lam - e).value) / (2 * FD_STEP)
         assert abs(fd - float(grad[i])) <= FD_TOL * (1 + abs(fd)), (i, fd, float(grad[i]))
 
 
