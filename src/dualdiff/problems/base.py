@@ -44,6 +44,16 @@ _PROPOSAL_RTOL = 0.01
 _WORSE_FACTOR = 10.0
 
 
+def _eval_error(ev: DualEval) -> float:
+    """Largest integration error bar of a dual evaluation (value and gradient)."""
+    return max(ev.value_err, float(ev.grad_err.max()))
+
+
+def _eval_accurate(ev: DualEval, rtol: float) -> bool:
+    """Whether a dual evaluation's error bars are below ``rtol * (1 + |g|)``."""
+    return _eval_error(ev) <= rtol * (1 + abs(ev.value))
+
+
 def _error_bar(sol: DualSolution) -> float:
     """Largest integration error bar of a solution's certificate (dual value, constraints)."""
     cert = sol.certificate
@@ -432,14 +442,8 @@ class AnalyticProblem(UnlearningProblem):
         lam_t = self._check_multipliers(lam, "target")
         return self._accurate_at(lam_t)._target(lam_t)
 
-    def _oracle_error(self, lam: torch.Tensor) -> float:
-        """Largest integration error bar of the dual value and gradient at ``lam``."""
-        ev = self._oracle(lam)
-        return max(ev.value_err, float(ev.grad_err.max()))
-
     def _grid_accurate(self, lam: torch.Tensor, rtol: float) -> bool:
-        ev = self._oracle(lam)
-        return max(ev.value_err, float(ev.grad_err.max())) <= rtol * (1 + abs(ev.value))
+        return _eval_accurate(self._oracle(lam), rtol)
 
     def _accurate_at(self, lam: torch.Tensor, rtol: float = 1e-9) -> AnalyticProblem:
         """Return ``self``, or a copy on a refined automatic grid accurate at ``lam``.
@@ -449,18 +453,22 @@ class AnalyticProblem(UnlearningProblem):
         ones, of lower accuracy): otherwise neighbouring evaluations (finite differences of
         :meth:`dual`) could land on rules of very different accuracy.
         """
-        prob = self
+        prob, ev = self, None
         for _ in range(3):
             grid = prob.integration
             finer = grid.refined() if isinstance(grid, GridQuadrature) else None
-            if finer is None or prob._grid_accurate(lam, rtol):
+            if finer is None:
+                break
+            ev = prob._oracle(lam) if ev is None else ev  # one evaluation per candidate rule
+            if _eval_accurate(ev, rtol):
                 break
             nxt = copy.copy(prob)
             nxt._following = True
             nxt._set_integration(finer)
-            if nxt._oracle_error(lam) > _WORSE_FACTOR * prob._oracle_error(lam):
+            nxt_ev = nxt._oracle(lam)
+            if _eval_error(nxt_ev) > _WORSE_FACTOR * _eval_error(ev):
                 break
-            prob = nxt
+            prob, ev = nxt, nxt_ev
         return prob
 
     # ----------------------------------------------------------------- primal side
