@@ -58,6 +58,31 @@ def test_grid_error_bar_detects_too_coarse_grid():
     assert float(err) > 1e-3
 
 
+def test_grid_error_bar_is_unknown_for_a_spike_between_the_sub_grid_checks():
+    """A target 1e-4 of the spacing wide, centred on a point of the double-spacing sub-grid:
+    both sums see only that point and agree (difference 0), so the old bar was ~0 while the
+    value is off by log(spacing / (sqrt(2 pi) std)) ~ 8 nats. The bar is now inf; a Gaussian
+    resolved by the same grid keeps a finite, correct bar."""
+    rule = GridQuadrature(bounds=[(-1.0, 1.0)], points_per_dim=11).prepare(
+        [GaussianMixture([1.0], [[0.0]], 1.0)]
+    )
+    spike = GaussianMixture([1.0], [[0.0]], (2e-5) ** 2)  # spacing 0.2, std 2e-5
+    val, err = rule.log_integral(spike.log_prob(rule.points))
+    assert abs(float(val)) > 5.0  # the true log-mass in the box is 0
+    assert math.isinf(float(err))
+    e_val, e_err = rule.expectation(spike.log_prob(rule.points), rule.points[:, 0] ** 2)
+    assert math.isinf(float(e_err))
+    i_val, i_err = rule.integral(torch.exp(spike.log_prob(rule.points)))
+    assert math.isinf(float(i_err))
+    # f = 0 everywhere carries no mass: not flagged
+    assert float(rule.integral(torch.zeros(rule.n_points, dtype=torch.float64))[1]) == 0.0
+    wide = GaussianMixture([1.0], [[0.0]], 0.3**2)  # std 1.5 spacings
+    w_val, w_err = rule.log_integral(wide.log_prob(rule.points))
+    ref = math.log(stats.norm(0, 0.3).cdf(1.0) - stats.norm(0, 0.3).cdf(-1.0))
+    assert math.isfinite(float(w_err))
+    assert abs(float(w_val) - ref) <= float(w_err) + 1e-12
+
+
 def test_monte_carlo_within_standard_errors():
     means = torch.tensor([[0.0], [1.0]], dtype=torch.float64).expand(2, 8)
     p = GaussianMixture([0.5, 0.5], means, 0.7)

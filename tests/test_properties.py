@@ -194,11 +194,17 @@ def _check_score(target, problem) -> None:
 def check_solution(problem) -> None:
     sol = problem.solve_dual()
     lam = sol.multipliers
-    # "inaccurate" claims nothing (issue 10: never "optimal" without a certified target)
-    assert sol.status in ("optimal", "boundary", "infeasible", "inaccurate"), (
+    # "inaccurate" and "max_iter" claim nothing (issue 10: never "optimal" without a certified
+    # target). max_iter is allowed since the solver moves along non-box domain edges
+    # (duality._tangent_step): FU with q_1 = q_3 and different levels ascends along
+    # lam_1 -> lam_3 at a point it used to call "boundary", then slowly, up to the cap
+    event(f"status {sol.status}")
+    assert sol.status in ("optimal", "boundary", "infeasible", "inaccurate", "max_iter"), (
         sol.status,
         sol.message,
     )
+    if sol.status == "max_iter":
+        assert "iteration" in sol.message or "stalled" in sol.message, sol.message
     if sol.status == "inaccurate":
         assert "demoted" in sol.message, sol.message
     assert problem.in_domain(lam), (lam, problem.domain_description)
@@ -253,6 +259,23 @@ def _check_normalisation(target, problem, lam: torch.Tensor) -> None:
 @given(data=st.data())
 def test_dual_solution_properties_1d(kind: str, data: st.DataObject) -> None:
     check_solution(data.draw(problems(kind, 1)))
+
+
+@settings(max_examples=1)
+@given(st.just(None))  # check_solution records hypothesis events
+def test_fu_supremum_where_the_signed_mixture_vanishes(_: None) -> None:
+    """Found by the property test: p0 = (N(0,1) + N(0,2))/2 and q = N(0,1), N(0,1.5), N(0,2);
+    the dual increases towards lam = (0.5, 0, 0.5), where p0 - lam.q = 0 everywhere. The
+    iterates halved their distance to that corner for 39 iterations and stopped as
+    ``max_iter`` ("stalled inside the domain"); a point a little further along the ascent
+    direction is outside the domain, so the answer is ``boundary``."""
+    t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    p0 = GaussianMixture(t([0.5, 0.5]), t([[0.0], [0.0]]), t([[[1.0]], [[2.0]]]))
+    qs = [GaussianMixture(t([1.0]), t([[0.0]]), t([[[v]]])) for v in (1.0, 1.5, 2.0)]
+    bounds = [1.0322593688335795, 0.0017292189120825259, 1.0227545200334414]
+    problem = KLConstrainedProblem(p0, qs, bounds, direction="forward")
+    assert problem.solve_dual().status == "boundary"
+    check_solution(problem)
 
 
 @pytest.mark.parametrize("kind", ["RU", "FU", "LU"])

@@ -342,6 +342,49 @@ def _projected_gradient(lam: torch.Tensor, g: torch.Tensor, upper: torch.Tensor)
     return torch.where(blocked, torch.zeros_like(g), g)
 
 
+def _tangent_step(
+    f: _Counter,
+    lam: torch.Tensor,
+    cur: DualEval,
+    upper: torch.Tensor,
+    in_domain: Callable[[torch.Tensor], bool] | None,
+    gtol: float,
+) -> tuple[torch.Tensor, DualEval] | None:
+    r"""An ascent step along the domain's boundary, or ``None`` when there is none.
+
+    Where every Newton and gradient step leaves the dual domain (not a box: RU's
+    :math:`\sum\lambda < 1`, normalisability), the point is a boundary maximiser only if no
+    feasible direction ascends. The candidates are the directions that keep
+    :math:`\sum\lambda`: :math:`e_i - e_j` (weight moved from a positive :math:`\lambda_j` to
+    :math:`\lambda_i`, rate :math:`g_i - g_j`), and :math:`-e_j` where :math:`g_j < 0`; each
+    is tried with a halving line search from the largest step (all of :math:`\lambda_j`). A
+    stalled solve on RU's face :math:`\sum\lambda = 1` with gradient (789, 3096, 811) had
+    been certified ``boundary`` although the optimum was interior.
+    """
+    g = cur.grad
+    m = lam.numel()
+    cands: list[tuple[float, int | None, int]] = []
+    for j in range(m):
+        if float(lam[j]) <= 0:
+            continue
+        cands += [(float(g[i] - g[j]), i, j) for i in range(m) if i != j]
+        cands.append((-float(g[j]), None, j))
+    for rate, i, j in sorted((c for c in cands if c[0] > gtol), reverse=True):
+        d = torch.zeros_like(lam)
+        d[j] = -1.0
+        if i is not None:
+            d[i] = 1.0
+        step = float(lam[j])
+        for _ in range(40):
+            trial = torch.minimum(torch.clamp(lam + step * d, min=0.0), upper)
+            if in_domain is None or in_domain(trial):
+                ev = f(trial)
+                if ev is not None and ev.value > cur.value + 1e-4 * rate * step:
+                    return trial, ev
+            step *= 0.5
+    return None
+
+
 def _maximize_nd(
     f: _Counter,
     m: int,
@@ -439,6 +482,8 @@ def _maximize_nd(
             elif step == first:
                 domain_rejected = True
             step *= 0.5
+        if accepted is None and domain_rejected:
+            accepted = _tangent_step(f, lam, cur, upper, in_domain, gtol)
         if accepted is None:
             if domain_rejected:
                 return finish(
@@ -467,6 +512,23 @@ def _maximize_nd(
             if float(pg.abs().max()) <= max(gtol, 1e-7):
                 return finish(it, "optimal", "step and projected gradient vanish")
             if domain_rejected:
+                escape = _tangent_step(f, lam, cur, upper, in_domain, gtol)
+                if escape is not None:
+                    lam, cur = escape
+                    hist.append((lam.tolist(), cur.value))
+                    continue
                 return finish(it, "boundary", "iterates stalled on the domain boundary")
+            # tiny accepted steps against a gradient that does not vanish: the iterates may be
+            # converging to the domain's edge (FU: p0 - sum lam_i q_i -> 0 everywhere), where
+            # the dual's curvature explodes; it is the edge if a point 1e3 such steps further
+            # along the ascent direction is outside the domain
+            reach = 1e3 * max(moved, 1e-12) / float(pg.abs().max())
+            probe = torch.minimum(torch.clamp(lam + reach * pg, min=0.0), upper)
+            if in_domain is not None and not in_domain(probe):
+                return finish(
+                    it,
+                    "boundary",
+                    "iterates converge to the domain boundary with the gradient pushing out",
+                )
             return finish(it, "max_iter", "iterates stalled inside the domain")
     return finish(max_iter, "max_iter", "iteration limit reached")

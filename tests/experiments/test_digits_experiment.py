@@ -55,7 +55,10 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         ({"steps": 0}, r"DigitsConfig: parameter 'steps' must be an int >= 1, got 0"),
         ({"forget_class": 10}, r"DigitsConfig: parameter 'forget_class' must be an int in 0\.\.9"),
         ({"primal_lr": -1.0}, r"DigitsConfig: parameter 'primal_lr' must be a number > 0"),
-        ({"pair_ru_delta": 0.0}, r"DigitsConfig: parameter 'pair_ru_delta' must be a number > 0, got 0\.0"),
+        (
+            {"pair_ru_delta": 0.0},
+            r"DigitsConfig: parameter 'pair_ru_delta' must be a number > 0, got 0\.0",
+        ),
         ({"esd_eta_conditional": 1.0}, r"'esd_eta_conditional' must be > 1"),
         ({"methods": ("RU", "XX")}, r"'methods' must be a non-empty subset"),
         ({"fu_level": 0.0}, r"'fu_level' must be > 0 or None"),

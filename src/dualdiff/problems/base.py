@@ -275,7 +275,8 @@ class AnalyticProblem(UnlearningProblem):
         env = self._envelope(lam)
         if env is None:
             return
-        keep = env.log_masses > env.log_mass - 46.0
+        # >=: at log masses ~1e17 (RU with 1 - sum(lam) ~ 1e-16) the 46-nat gap rounds to 0
+        keep = env.log_masses >= env.log_mass - 46.0
         means, covs = env.means[keep], env.covariances[keep]
         grid = self.integration
         assert isinstance(grid, GridQuadrature)
@@ -766,7 +767,7 @@ class AnalyticProblem(UnlearningProblem):
             e = self._envelope(point)
             if e is None:
                 continue
-            keep = e.log_masses > e.log_mass - 46.0
+            keep = e.log_masses >= e.log_mass - 46.0
             w = torch.softmax(e.log_masses[keep], 0)
             covs = _ENVELOPE_INFLATION * e.covariances[keep]
             cover.append(GaussianMixture(w, e.means[keep], covs))
