@@ -13,13 +13,20 @@ Two measurements, both on the shipped digits UNet's null-class view (one thread)
   noises for the fine-tuned and the pretrained model, 4 draws per image) of the forget set (A),
   150 retain images (R) and the held-out images (H), mean and standard error over images, at
   a few step counts. ``--data retain`` uses the retain set as p0's samples (the former, wrong,
-  digits FU statement) for comparison.
+  digits FU statement) for comparison. ``--times log_snr`` draws the training times of the
+  denoising loss from the likelihood weighting (:func:`dualdiff.diffusion.likelihood.sample_times`,
+  the ELBO's own time density) instead of uniformly; ``--ema DECAY`` also evaluates an
+  exponential moving average of the fine-tuned weights (torch's ``AveragedModel`` with
+  ``get_ema_multi_avg_fn``, started at the pretrained weights), printed as ``ema`` beside the
+  raw ``iterate``. Checkpoints at steps 1, 10, 40, 80, 160, 320, ... and the last.
 
 Run::
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/digits_fu_diagnostics.py noise
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/digits_fu_diagnostics.py finetune \\
         --lr 2e-4 --lam 0 --steps 40
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/digits_fu_diagnostics.py finetune \\
+        --lr 2e-4 --lam 0.0199 --steps 1280 --times log_snr --ema 0.99
 
 Prints one line per checkpoint; nothing is written.
 """
@@ -48,6 +55,10 @@ def main() -> None:
     ap.add_argument("--lam", type=float, default=0.0)
     ap.add_argument("--data", choices=["train", "retain"], default="train")
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--times", choices=["uniform", "log_snr"], default="uniform",
+                    help="training-time distribution of the denoising loss")
+    ap.add_argument("--ema", type=float, default=None,
+                    help="also evaluate an EMA of the fine-tuned weights with this decay")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -72,6 +83,12 @@ def main() -> None:
         ref, [setup.forget_images], bounds=[1.0], direction="forward", pretrained_data=data,
         training_set_size=setup.n_train,
     )
+    if args.times == "log_snr":
+        import dualdiff.engine.primal as primal_mod
+        from dualdiff.diffusion.likelihood import sample_times
+
+        primal_mod._uniform_times = lambda n, sched, generator: sample_times(
+            n, sched, "log_snr", generator=generator)[0]
     student = setup.student()
     model = Conditioned(student, None)
     tr = FixedWeightTrainer(
@@ -80,18 +97,34 @@ def main() -> None:
         primal_lr=args.lr, grad_clip=cfg.grad_clip, estimate_every=10**9, seed=cfg.seed,
     )
     base = {k: _nll(ref, x, 4, seeds[k]) for k, x in sets.items()}
-    marks = {1, 10, 40, 80, 160, 320, args.steps}
+    views = {"iterate": model}
+    if args.ema is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(student.module, multi_avg_fn=get_ema_multi_avg_fn(args.ema))
+        ema.update_parameters(student.module)  # the first update copies: start at theta_0
+        ema_student = setup.student()
+        views["ema"] = Conditioned(ema_student, None)
+    marks = {1, 10, 40, args.steps} | {80 * 2**k for k in range(12)}
     t0 = time.perf_counter()
     for i in range(1, args.steps + 1):
         tr.step()
+        if args.ema is not None:
+            ema.update_parameters(student.module)
         if i in marks:
-            d = {k: _nll(model, x, 4, seeds[k]) - base[k] for k, x in sets.items()}
-            cells = "  ".join(
-                f"d{k}={float(v.mean()):+.2f}+-{float(v.std() / math.sqrt(v.numel())):.2f}"
-                for k, v in d.items()
-            )
-            print(f"lr={args.lr} lam={args.lam} data={args.data} step {i}: {cells} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            if args.ema is not None:
+                ema_student.module.load_state_dict(ema.module.state_dict())
+            for vname, view in views.items():
+                d = {k: _nll(view, x, 4, seeds[k]) - base[k] for k, x in sets.items()}
+                cells = "  ".join(
+                    f"d{k}={float(v.mean()):+.2f}+-{float(v.std() / math.sqrt(v.numel())):.2f}"
+                    for k, v in d.items()
+                )
+                print(
+                    f"lr={args.lr} lam={args.lam} data={args.data} t={args.times} {vname} "
+                    f"step {i}: {cells} ({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
