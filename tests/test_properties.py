@@ -191,7 +191,8 @@ def _check_score(target, problem) -> None:
     assert bool(((s - auto).abs() <= tol * (1 + s.abs())).all()), (s - auto).abs().max()
 
 
-def check_solution(problem) -> None:
+def check_solution(problem):
+    """Solve and check every property of the solution; returns it."""
     sol = problem.solve_dual()
     lam = sol.multipliers
     # "inaccurate" and "max_iter" claim nothing (issue 10: never "optimal" without a certified
@@ -221,6 +222,7 @@ def check_solution(problem) -> None:
     _check_danskin(problem, lam)
     _check_score(sol.target, problem)
     _check_normalisation(sol.target, problem, lam)
+    return sol
 
 
 def _check_normalisation(target, problem, lam: torch.Tensor) -> None:
@@ -274,8 +276,7 @@ def test_fu_supremum_where_the_signed_mixture_vanishes(_: None) -> None:
     qs = [GaussianMixture(t([1.0]), t([[0.0]]), t([[[v]]])) for v in (1.0, 1.5, 2.0)]
     bounds = [1.0322593688335795, 0.0017292189120825259, 1.0227545200334414]
     problem = KLConstrainedProblem(p0, qs, bounds, direction="forward")
-    assert problem.solve_dual().status == "boundary"
-    check_solution(problem)
+    assert check_solution(problem).status == "boundary"
 
 
 @pytest.mark.parametrize("kind", ["RU", "FU", "LU"])

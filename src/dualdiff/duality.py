@@ -354,9 +354,10 @@ def _tangent_step(
 
     Where every Newton and gradient step leaves the dual domain (not a box: RU's
     :math:`\sum\lambda < 1`, normalisability), the point is a boundary maximiser only if no
-    feasible direction ascends. The candidates are the directions that keep
-    :math:`\sum\lambda`: :math:`e_i - e_j` (weight moved from a positive :math:`\lambda_j` to
-    :math:`\lambda_i`, rate :math:`g_i - g_j`), and :math:`-e_j` where :math:`g_j < 0`; each
+    feasible direction ascends. The candidates are :math:`e_i - e_j` (weight moved from a
+    positive :math:`\lambda_j` to :math:`\lambda_i`, keeping :math:`\sum\lambda`; rate
+    :math:`g_i - g_j`) and :math:`-e_j` (a positive :math:`\lambda_j` lowered, where
+    :math:`g_j < 0`); each
     is tried with a halving line search from the largest step (all of :math:`\lambda_j`). A
     stalled solve on RU's face :math:`\sum\lambda = 1` with gradient (789, 3096, 811) had
     been certified ``boundary`` although the optimum was interior.

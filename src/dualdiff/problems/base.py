@@ -54,6 +54,15 @@ def _eval_accurate(ev: DualEval, rtol: float) -> bool:
     return _eval_error(ev) <= rtol * (1 + abs(ev.value))
 
 
+def _carrying_mass(env: TiltedMixture) -> torch.Tensor:
+    """Components of an envelope within 46 nats (1e-20) of its total mass, a boolean mask.
+
+    ``>=``: at log masses ~1e17 (RU with ``1 - sum(lam) ~ 1e-16``) the gap rounds to 0, and
+    the heaviest component must still be kept.
+    """
+    return env.log_masses >= env.log_mass - 46.0
+
+
 def _error_bar(sol: DualSolution) -> float:
     """Largest integration error bar of a solution's certificate (dual value, constraints)."""
     cert = sol.certificate
@@ -275,8 +284,7 @@ class AnalyticProblem(UnlearningProblem):
         env = self._envelope(lam)
         if env is None:
             return
-        # >=: at log masses ~1e17 (RU with 1 - sum(lam) ~ 1e-16) the 46-nat gap rounds to 0
-        keep = env.log_masses >= env.log_mass - 46.0
+        keep = _carrying_mass(env)
         means, covs = env.means[keep], env.covariances[keep]
         grid = self.integration
         assert isinstance(grid, GridQuadrature)
@@ -767,7 +775,7 @@ class AnalyticProblem(UnlearningProblem):
             e = self._envelope(point)
             if e is None:
                 continue
-            keep = e.log_masses >= e.log_mass - 46.0
+            keep = _carrying_mass(e)
             w = torch.softmax(e.log_masses[keep], 0)
             covs = _ENVELOPE_INFLATION * e.covariances[keep]
             cover.append(GaussianMixture(w, e.means[keep], covs))
