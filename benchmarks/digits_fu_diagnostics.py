@@ -15,10 +15,10 @@ Two measurements, both on the shipped digits UNet's null-class view (one thread)
   a few step counts. ``--data retain`` uses the retain set as p0's samples (the former, wrong,
   digits FU statement) for comparison. ``--times log_snr`` draws the training times of the
   denoising loss from the likelihood weighting (:func:`dualdiff.diffusion.likelihood.sample_times`,
-  the ELBO's own time density) instead of uniformly; ``--ema DECAY`` also evaluates an
-  exponential moving average of the fine-tuned weights (torch's ``AveragedModel`` with
-  ``get_ema_multi_avg_fn``, started at the pretrained weights), printed as ``ema`` beside the
-  raw ``iterate``. Checkpoints at steps 1, 10, 40, 80, 160, 320, ... and the last.
+  the ELBO's own time density) instead of uniformly; ``--ema DECAY`` also evaluates the
+  trainer's weight average (``ema_decay``, :class:`dualdiff.engine.WeightAverage`, started at
+  the pretrained weights), printed as ``ema`` beside the raw ``iterate``.
+  Checkpoints at steps 1, 10, 40, 80, 160, 320, ... and the last.
 
 Run::
 
@@ -95,25 +95,17 @@ def main() -> None:
         prob, model, [args.lam], primal="composed",
         estimator=lambda m, generator=None: torch.zeros(1), batch_size=cfg.batch_size,
         primal_lr=args.lr, grad_clip=cfg.grad_clip, estimate_every=10**9, seed=cfg.seed,
+        ema_decay=args.ema,
     )
     base = {k: _nll(ref, x, 4, seeds[k]) for k, x in sets.items()}
     views = {"iterate": model}
-    if args.ema is not None:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(student.module, multi_avg_fn=get_ema_multi_avg_fn(args.ema))
-        ema.update_parameters(student.module)  # the first update copies: start at theta_0
-        ema_student = setup.student()
-        views["ema"] = Conditioned(ema_student, None)
+    if tr.averaged_model is not None:
+        views["ema"] = tr.averaged_model
     marks = {1, 10, 40, args.steps} | {80 * 2**k for k in range(12)}
     t0 = time.perf_counter()
     for i in range(1, args.steps + 1):
         tr.step()
-        if args.ema is not None:
-            ema.update_parameters(student.module)
         if i in marks:
-            if args.ema is not None:
-                ema_student.module.load_state_dict(ema.module.state_dict())
             for vname, view in views.items():
                 d = {k: _nll(view, x, 4, seeds[k]) - base[k] for k, x in sets.items()}
                 cells = "  ".join(

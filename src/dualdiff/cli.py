@@ -407,7 +407,11 @@ def _configure_digits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--forget-class", type=_digit, default=None,
                    help="digit removed by RU/LU/ESD (default 0)")
     p.add_argument("--steps", type=_positive_int, default=None,
-                   help="primal steps per method (same for all)")
+                   help="primal steps of each class-removal method, RU/LU/ESD/RU2/LU2 "
+                        "(default 40)")
+    p.add_argument("--data-steps", type=_positive_int, default=None,
+                   help="primal steps of each data-unlearning method, FU/SISS/NegGrad "
+                        "(default 640)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -430,6 +434,8 @@ def _run_digits(args: argparse.Namespace) -> int:
         changes["forget_class"] = args.forget_class
     if args.steps is not None:
         changes["steps"] = args.steps
+    if args.data_steps is not None:
+        changes["data_steps"] = args.data_steps
     cfg = replace(cfg, **changes)
     with limit_threads(args.threads):
         report = run_digits(

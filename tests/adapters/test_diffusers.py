@@ -702,3 +702,47 @@ def test_dsm_loss_and_samplers_accept_the_adapter():
         out = sampler(model, (2, 1, 8, 8), steps=4, generator=torch.Generator().manual_seed(0),
                       dtype=F64, cond=1)
         assert out.shape == (2, 1, 8, 8) and bool(torch.isfinite(out).all())
+
+
+def test_weight_average_of_a_lora_unet_trains_only_the_adapter_copy(tmp_path):
+    """``ema_decay`` on a LoRA UNet: the average is a working ScoreModel whose adapter follows
+    the EMA recursion (written out here) while its base weights stay the pretrained ones, and
+    a checkpoint restores it."""
+    from dualdiff import Conditioned, KLConstrainedProblem, PrimalDualTrainer
+
+    teacher = class_model()
+    data, forget = images(12, seed=1), images(3, seed=2)
+    prob = KLConstrainedProblem(Conditioned(teacher, None), [forget], bounds=[0.5],
+                                direction="forward", pretrained_data=data,
+                                training_set_size=12)
+
+    def make():
+        student = class_model()
+        student.add_lora(rank=2)
+        return PrimalDualTrainer(prob, Conditioned(student, None), primal="composed",
+                                 estimator=lambda m, generator=None: torch.zeros(1),
+                                 batch_size=4, primal_lr=1e-2, dual_lr=0.01,
+                                 estimate_every=2, seed=5, ema_decay=0.7)
+
+    tr = make()
+    lora = {n: p for n, p in tr.module.named_parameters() if p.requires_grad}
+    assert lora and all("lora_" in n for n in lora)
+    ref = {n: p.detach().clone() for n, p in lora.items()}
+    for _ in range(4):
+        tr.step()
+        ref = {n: 0.7 * ref[n] + 0.3 * lora[n].detach() for n in ref}
+    avg_state = tr.averaged_model.module.state_dict()
+    for n in ref:
+        torch.testing.assert_close(avg_state[n], ref[n], rtol=1e-12, atol=1e-14)
+    base = {k: v for k, v in teacher.module.state_dict().items()}
+    for k, v in avg_state.items():
+        if "lora_" not in k:
+            key = k.replace(".base_layer", "")
+            assert torch.equal(v, base[key]), k
+    x = images(2, seed=3)
+    e_avg = tr.averaged_model.eps(x, 0.5)
+    assert e_avg.shape == x.shape and not torch.allclose(e_avg, tr.model.eps(x, 0.5))
+    tr.save_checkpoint(tmp_path / "lora.pt")
+    again = make()
+    again.load_checkpoint(tmp_path / "lora.pt")
+    assert torch.equal(again.averaged_model.eps(x, 0.5), e_avg)

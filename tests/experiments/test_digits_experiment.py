@@ -53,6 +53,9 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     ("change", "match"),
     [
         ({"steps": 0}, r"DigitsConfig: parameter 'steps' must be an int >= 1, got 0"),
+        ({"data_steps": 0}, r"DigitsConfig: parameter 'data_steps' must be an int >= 1"),
+        ({"data_ema_decay": 1.0}, r"'data_ema_decay' must be None or a number in \[0, 1\)"),
+        ({"data_ema_decay": "0.9"}, r"'data_ema_decay' must be None or a number"),
         ({"forget_class": 10}, r"DigitsConfig: parameter 'forget_class' must be an int in 0\.\.9"),
         ({"primal_lr": -1.0}, r"DigitsConfig: parameter 'primal_lr' must be a number > 0"),
         (
@@ -113,7 +116,11 @@ def _check_report(out: Path, methods: list[str]) -> dict:
     ]
     for row in rep["methods"]:
         assert KEYS <= set(row), KEYS - set(row)
-        assert row["steps"] == rep["config"]["steps"]
+        data = row["method"] in ("FU", "SISS", "NegGrad")
+        assert row["steps"] == rep["config"]["data_steps" if data else "steps"]
+        if data:  # kept and evaluated as the weight average
+            assert row["setting"]["evaluated"] == "weight average"
+            assert row["setting"]["ema_decay"] == rep["config"]["data_ema_decay"]
         lam = row["multipliers"]
         if row["method"] in ("RU", "ESD"):
             assert len(lam) == 1 and 0.0 <= lam[0] < 1.0

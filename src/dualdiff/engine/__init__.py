@@ -11,6 +11,7 @@ NaN guard and bit-exact checkpoints.
 """
 
 from ..problems.dual_domain import DualDomainProjection, project_capped_box
+from .averaging import WeightAverage
 from .checkpoint import load_checkpoint, save_checkpoint
 from .cmp import NonFiniteStep, UnlearningCMP, UnlearningCMPState
 from .constraints import ConstraintEstimate, ConstraintEstimator, violations_from
@@ -83,6 +84,7 @@ __all__ = [
     "UnknownOptionError",
     "UnlearningCMP",
     "UnlearningCMPState",
+    "WeightAverage",
     "build_constrained_optimizer",
     "load_checkpoint",
     "project_capped_box",

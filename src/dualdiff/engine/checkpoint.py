@@ -4,10 +4,10 @@ A checkpoint holds the model's ``state_dict``, Cooper's constrained-optimiser st
 (``ConstrainedOptimizer.state_dict()``: primal and dual optimiser states), the CMP state
 (``ConstrainedMinimizationProblem.state_dict()``: multipliers and penalty coefficients), the
 step counter, the latest constraint estimate, the dual-update rule's state, the history, the
-population-ESS bookkeeping and every random state the run touches (torch CPU and CUDA, numpy,
-Python ``random`` and the trainer's own generator). On CPU a run interrupted and resumed from a
-checkpoint ends with exactly the same parameters, multipliers and history as an uninterrupted
-one.
+weight average (``ema_decay``), the population-ESS bookkeeping and every random state the run
+touches (torch CPU and CUDA, numpy, Python ``random`` and the trainer's own generator). On CPU
+a run interrupted and resumed from a checkpoint ends with exactly the same parameters,
+multipliers and history as an uninterrupted one.
 
 Files are written with :func:`torch.save` and read with ``weights_only=True`` (only tensors
 and plain Python containers are stored; Cooper's ``nuPIInitType`` enum is allow-listed).
@@ -314,6 +314,8 @@ def trainer_state(trainer: PrimalDualTrainer) -> dict[str, Any]:
         },
         "rng": _rng_state(trainer),
     }
+    if trainer.average is not None:
+        state["average"] = trainer.average.state_dict()
     state = copy.deepcopy(state)
     state["checksum"] = _state_digest(state)
     return state
@@ -407,7 +409,8 @@ def _validate(
         )
     mine, theirs = trainer.config(), state["config"]
     if mine != theirs:
-        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        keys = list(mine) + [k for k in theirs if k not in mine]
+        diff = {k: (theirs.get(k), mine.get(k)) for k in keys if theirs.get(k) != mine.get(k)}
         raise EngineConfigurationError(
             f"{owner}: the checkpoint {where} was written by a differently configured trainer; "
             f"(checkpoint, this trainer) differ in {diff}"
@@ -438,26 +441,16 @@ def _validate(
             + "\nBuild the trainer with the checkpoint's settings, or pass "
             "override_settings=True to resume with this trainer's settings"
         )
-    # parameter names and shapes
     own = trainer.module.state_dict()
-    theirs_model = state["model"]
-    if not isinstance(theirs_model, dict) or set(theirs_model) != set(own):
-        got_keys = sorted(theirs_model) if isinstance(theirs_model, dict) else theirs_model
-        raise EngineConfigurationError(
-            f"{owner}: the checkpoint {where} holds model parameters {got_keys} but this "
-            f"trainer's model has {sorted(own)}"
-        )
-    shapes = [
-        f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
-        for k, v in theirs_model.items()
-        if tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if shapes:
-        raise EngineConfigurationError(
-            f"{owner}: the checkpoint {where} has model parameters of other shapes: "
-            + "; ".join(shapes)
-        )
-    _check_finite_tensors(theirs_model, "model weights", owner)
+    _check_module_state(state["model"], own, "model", where, owner)
+    if trainer.average is not None:
+        avg = state.get("average")
+        if not isinstance(avg, dict) or "model" not in avg or "updates" not in avg:
+            raise CheckpointError(
+                f"{owner}: {where} lacks the weight average (entry 'average') of a trainer "
+                "with ema_decay; it is corrupt"
+            )
+        _check_module_state(avg["model"], own, "weight-average", where, owner)
     _check_finite_tensors(state["optimizer"], "optimiser states", owner)
     mult = state["cmp"].get("multipliers", {}) if isinstance(state["cmp"], dict) else {}
     _check_finite_tensors(mult, "multipliers", owner)
@@ -477,8 +470,33 @@ def _validate(
             )
 
 
+def _check_module_state(
+    theirs: Any, own: dict[str, torch.Tensor], what: str, where: str, owner: str
+) -> None:
+    """Refuse a module state of other parameter names or shapes, or with NaN/inf."""
+    if not isinstance(theirs, dict) or set(theirs) != set(own):
+        got_keys = sorted(theirs) if isinstance(theirs, dict) else theirs
+        raise EngineConfigurationError(
+            f"{owner}: the checkpoint {where} holds {what} parameters {got_keys} but this "
+            f"trainer's model has {sorted(own)}"
+        )
+    shapes = [
+        f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
+        for k, v in theirs.items()
+        if tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if shapes:
+        raise EngineConfigurationError(
+            f"{owner}: the checkpoint {where} has {what} parameters of other shapes: "
+            + "; ".join(shapes)
+        )
+    _check_finite_tensors(theirs, f"{what} weights", owner)
+
+
 def _apply(trainer: PrimalDualTrainer, state: dict[str, Any]) -> None:
     trainer.module.load_state_dict(state["model"])
+    if trainer.average is not None:
+        trainer.average.load_state_dict(state["average"])
     trainer.constrained_optimizer.load_state_dict(state["optimizer"])
     trainer.cmp.load_state_dict(state["cmp"])
     trainer.cmp.last_estimate = _estimate_from(state["last_estimate"])

@@ -143,6 +143,9 @@ class UnlearningCMP(ConstrainedMinimizationProblem):
         formulation = resolve(formulation, "formulation", "UnlearningCMP", FORMULATIONS)
         self.problem = problem
         self.model = model
+        #: The model the estimator is run on (``model``; the trainer's weight average with
+        #: ``estimate_on="average"``).
+        self.estimate_model: Any = model
         self.primal_form = primal_form
         self.estimator = estimator
         self.projection = projection
@@ -217,7 +220,7 @@ class UnlearningCMP(ConstrainedMinimizationProblem):
     def estimate(self) -> ConstraintEstimate:
         """Run the estimator on the model; raise :class:`NonFiniteStep` if not finite."""
         try:
-            est = as_estimate(self.problem, self.estimator(self.model, self.generator))
+            est = as_estimate(self.problem, self.estimator(self.estimate_model, self.generator))
         except NonFiniteError as exc:
             raise NonFiniteStep(f"non-finite constraint estimate ({exc})") from exc
         if not est.is_finite():

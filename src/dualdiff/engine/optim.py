@@ -59,6 +59,7 @@ class _Guarded:
     """
 
     guard: Guard | None = None
+    after_primal: Guard | None = None
     cmp: Any
     _dual_params: list[torch.Tensor] | None = None
 
@@ -66,6 +67,8 @@ class _Guarded:
         if self.guard is not None:
             self.guard()
         super().primal_step()  # type: ignore[misc]
+        if self.after_primal is not None:
+            self.after_primal()
 
     def _has_dual_gradient(self) -> bool:
         if self._dual_params is None:

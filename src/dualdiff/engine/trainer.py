@@ -32,6 +32,7 @@ from ..duality import DualSolution
 from ..models.protocol import model_dtype
 from ..problems.contract import UnlearningProblem
 from ..problems.dual_domain import DualDomainProjection
+from .averaging import WeightAverage
 from .cmp import NonFiniteStep, UnlearningCMP
 from .constraints import ConstraintEstimate, ConstraintEstimator
 from .dual_update import DualUpdateRule, RuleSnapshot, make_dual_update_rule
@@ -40,6 +41,7 @@ from .optim import GuardedExtrapolationOptimizer, build_constrained_optimizer
 from .options import (
     FORMULATIONS,
     PRIMALS,
+    EngineConfigurationError,
     LowEffectiveSampleSizeWarning,
     NonFiniteStepWarning,
     resolve,
@@ -282,6 +284,18 @@ class PrimalDualTrainer:
         Stop with :class:`~dualdiff.NonFiniteError` once this many consecutive steps were
         skipped as non-finite (a :class:`~dualdiff.engine.NonFiniteStepWarning` is issued at
         the first skip of such a run); ``None`` never stops.
+    ema_decay
+        Keep an exponential moving average of the trained weights with this decay in
+        ``[0, 1)`` (:class:`~dualdiff.engine.WeightAverage`, updated after every applied
+        primal step, checkpointed); :attr:`averaged_model` is the averaged score model.
+        ``None`` (default): no average. Fine-tuning a converged diffusion model at a constant
+        learning rate leaves the iterates in a noise ball as wide as the changes an unlearning
+        level asks for; the average is the model to keep.
+    estimate_on
+        Which model the constraint estimates (and so the dual steps) are made on:
+        ``"model"`` (the iterate) or ``"average"`` (the weight average, so the constraint is
+        enforced on the model that is kept; needs ``ema_decay``). ``None`` (default):
+        ``"average"`` when ``ema_decay`` is set, else ``"model"``.
 
     Attributes
     ----------
@@ -307,6 +321,8 @@ class PrimalDualTrainer:
         The Cooper constrained optimiser that performs each step.
     generator
         The trainer's random generator (seeded with ``seed``).
+    average
+        The :class:`~dualdiff.engine.WeightAverage` (``None`` without ``ema_decay``).
 
     Notes
     -----
@@ -363,6 +379,8 @@ class PrimalDualTrainer:
         seed: int = 0,
         device: torch.device | str | None = None,
         max_skipped_steps: int | None = 10,
+        ema_decay: float | None = None,
+        estimate_on: str | None = None,
     ) -> None:
         owner = "PrimalDualTrainer"
         check_problem(problem, owner)
@@ -481,6 +499,19 @@ class PrimalDualTrainer:
             )
         self.generator = torch.Generator().manual_seed(self.seed)
         self.cmp.generator = self.generator
+        self.average = (
+            None if ema_decay is None else WeightAverage(model, self._params, ema_decay)
+        )
+        if estimate_on is None:
+            estimate_on = "model" if self.average is None else "average"
+        self.estimate_on = resolve(estimate_on, "estimate_on", owner, ("model", "average"))
+        if self.estimate_on == "average":
+            if self.average is None:
+                raise EngineConfigurationError(
+                    f"{owner}: parameter 'estimate_on'='average' needs a weight average; pass "
+                    "ema_decay (e.g. 0.99) or use estimate_on='model'"
+                )
+            self.cmp.estimate_model = self.average.model
         self.constrained_optimizer = build_constrained_optimizer(
             self.cmp,
             self._params,
@@ -493,6 +524,7 @@ class PrimalDualTrainer:
             dual_options=dual_optimizer_options,
             guard=self._guard,
         )
+        self.constrained_optimizer.after_primal = self._after_primal  # type: ignore[attr-defined]
         #: :class:`~dualdiff.engine.TrainingHistory` of every step taken (cumulative over
         #: :meth:`fit` calls; skipped steps included).
         self.history = TrainingHistory()
@@ -525,6 +557,11 @@ class PrimalDualTrainer:
         return self._step
 
     @property
+    def averaged_model(self) -> Any:
+        """The score model holding the weight average (``None`` without ``ema_decay``)."""
+        return None if self.average is None else self.average.model
+
+    @property
     def last_estimate(self) -> ConstraintEstimate | None:
         """The latest finite constraint estimate."""
         return self.cmp.last_estimate
@@ -540,6 +577,8 @@ class PrimalDualTrainer:
             "dual_optimizer": self.dual_optimizer_name,
             "dual_update": self.dual_rule.config(),
             **({"primal_options": form_cfg} if (form_cfg := self.form.config()) else {}),
+            **({} if self.average is None else {"ema_decay": self.average.decay,
+                                                "estimate_on": self.estimate_on}),
         }
 
     def target(self) -> Any:
@@ -554,6 +593,11 @@ class PrimalDualTrainer:
         return self.problem.certificate(self.model, self.multipliers.cpu())
 
     # ------------------------------------------------------------------ one step
+    def _after_primal(self) -> None:
+        """Called by the constrained optimiser right after each applied primal update."""
+        if self.average is not None:
+            self.average.update()
+
     def _guard(self) -> None:
         grads = [p.grad for p in self._params if p.grad is not None]
         self._primal_applied = False
