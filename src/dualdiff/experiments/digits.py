@@ -839,9 +839,13 @@ def _run_siss(setup: DigitsSetup, levels: dict[str, Any], progress: bool) -> dic
         norm = 0.1 * measured
     else:
         norm = None if cfg.siss_scaling_norm is None else float(cfg.siss_scaling_norm)
+    # the fixed weight ignores the estimates (recorded only; the estimator's random numbers
+    # are its own), so four of them instead of FU's every estimate_every steps
+    opts = {**_trainer_options(cfg, data=True),
+            "estimate_every": max(cfg.estimate_every, cfg.data_steps // 4)}
     tr = FixedWeightTrainer(prob, model, [lam], primal="siss", estimator=est,
                             primal_options={"kappa": cfg.siss_kappa, "scaling_norm": norm},
-                            **_trainer_options(cfg, data=True))
+                            **opts)
     _fit(tr, cfg.data_steps, progress, "SISS")
     scales = [r.stats["siss_forget_scale"] for r in tr.history.records
               if r.stats and "siss_forget_scale" in r.stats]
