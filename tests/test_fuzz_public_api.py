@@ -81,6 +81,8 @@ def _trainer_cases() -> list[Bad]:
         "seed": [-1, 1.5, "0", None, True],
         "device": ["gpu", "cuda:99", "meta", 3.5, "cpu:x"],
         "max_skipped_steps": [0, -1, 2.0, "10", True],
+        "ema_decay": [1.0, -0.1, NAN, "0.9", True],
+        "estimate_on": ["ema", 3, "average"],  # "average" without ema_decay
         "estimator": ["mc", 3, None],
         "dual_update": ["sometimes", 3, None],
         "primal_options": [{"nonsense": 1}],
