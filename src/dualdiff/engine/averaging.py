@@ -25,11 +25,20 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["WeightAverage"]
+__all__ = ["WeightAverage", "state_module"]
 
 
-def _module_of(model: Any) -> nn.Module:
-    return model if isinstance(model, nn.Module) else model.module
+def state_module(model: Any) -> nn.Module:
+    """The ``nn.Module`` whose ``state_dict`` is the model's trainable state."""
+    if isinstance(model, nn.Module):
+        return model
+    inner = getattr(model, "module", None)
+    if isinstance(inner, nn.Module):
+        return inner
+    raise TypeError(
+        "PrimalDualTrainer: parameter 'model' must be a torch.nn.Module or wrap one as "
+        f"'.module' (e.g. ModuleScoreModel), got {type(model).__name__}"
+    )
 
 
 class WeightAverage:
@@ -67,10 +76,10 @@ class WeightAverage:
         self.model = copy.deepcopy(model, memo)
         # deepcopy's memo maps each original object's id to its copy
         self._pairs = [(memo[id(p)], p) for p in params]
-        for q in _module_of(self.model).parameters():
+        self._module = state_module(model)
+        self._avg_module = state_module(self.model)
+        for q in self._avg_module.parameters():
             q.requires_grad_(False)
-        self._module = _module_of(model)
-        self._avg_module = _module_of(self.model)
         self._update = get_ema_multi_avg_fn(self.decay)
         self.updates = 0
 

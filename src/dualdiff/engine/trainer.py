@@ -32,7 +32,7 @@ from ..duality import DualSolution
 from ..models.protocol import model_dtype
 from ..problems.contract import UnlearningProblem
 from ..problems.dual_domain import DualDomainProjection
-from .averaging import WeightAverage
+from .averaging import WeightAverage, state_module
 from .cmp import NonFiniteStep, UnlearningCMP
 from .constraints import ConstraintEstimate, ConstraintEstimator
 from .dual_update import DualUpdateRule, RuleSnapshot, make_dual_update_rule
@@ -52,19 +52,6 @@ __all__ = ["Callback", "PrimalDualTrainer"]
 
 Callback = Callable[["PrimalDualTrainer", StepRecord], "bool | None"]
 """``callback(trainer, record)`` after every step; returning ``True`` stops :meth:`fit`."""
-
-
-def _state_module(model: Any) -> nn.Module:
-    """The ``nn.Module`` whose ``state_dict`` is the model's trainable state."""
-    if isinstance(model, nn.Module):
-        return model
-    inner = getattr(model, "module", None)
-    if isinstance(inner, nn.Module):
-        return inner
-    raise TypeError(
-        "PrimalDualTrainer: parameter 'model' must be a torch.nn.Module or wrap one as "
-        f"'.module' (e.g. ModuleScoreModel), got {type(model).__name__}"
-    )
 
 
 def _user_stacklevel() -> int:
@@ -393,7 +380,7 @@ class PrimalDualTrainer:
             )
         self.problem = problem
         self.model = model
-        self.module = _state_module(model)
+        self.module = state_module(model)
         _check_model_dim(problem, model, owner)
         self._params = [p for p in model.parameters() if p.requires_grad]
         if not self._params:

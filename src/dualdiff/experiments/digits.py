@@ -504,6 +504,18 @@ def _fu_estimator(setup: DigitsSetup, problem: Any, base_nll: torch.Tensor) -> C
     return estimator
 
 
+def _kept_changes(setup: DigitsSetup, levels: dict[str, Any], trainer: Any, model: Any
+                  ) -> tuple[Any, dict[str, dict[str, float]]]:
+    """The model a data-unlearning run keeps, and its paired NLL changes.
+
+    The kept model is the trainer's weight average, else ``model``; the changes are against
+    the pretrained model under FU's common random numbers.
+    """
+    kept = model if trainer.averaged_model is None else trainer.averaged_model
+    after = _fu_paired(setup, kept)
+    return kept, {k: _paired_change(after[k], levels["_fu_ref"][k]) for k in after}
+
+
 def _paired_change(after: torch.Tensor, before: torch.Tensor) -> dict[str, float]:
     d = (after - before).to(torch.float64)
     return {"mean": float(d.mean()), "stderr": float(d.std(unbiased=True) / math.sqrt(d.numel()))}
@@ -749,9 +761,7 @@ def run_method(setup: DigitsSetup, name: str, levels: dict[str, Any], progress: 
                    **_average_setting(cfg)}
         _fit(tr, cfg.data_steps, progress, name)
         last = tr.last_estimate
-        kept = model if tr.averaged_model is None else tr.averaged_model
-        after = _fu_paired(setup, kept)
-        changes = {k: _paired_change(after[k], levels["_fu_ref"][k]) for k in after}
+        kept, changes = _kept_changes(setup, levels, tr, model)
         finish(kept.model, t0, [float(v) for v in tr.multipliers], setting,
                {"constraint_estimate": None if last is None else float(last.constraints[0]),
                 "multiplier_history": [float(m[0]) for m in
@@ -866,9 +876,7 @@ def _run_siss(setup: DigitsSetup, levels: dict[str, Any], progress: bool) -> dic
         **_average_setting(cfg),
     }
     last = tr.last_estimate
-    kept = model if tr.averaged_model is None else tr.averaged_model
-    after = _fu_paired(setup, kept)
-    changes = {k: _paired_change(after[k], levels["_fu_ref"][k]) for k in after}
+    kept, changes = _kept_changes(setup, levels, tr, model)
     return _row(setup, "SISS", kept.model, t0, [float(v) for v in tr.multipliers], setting,
                 {"constraint_estimate": None if last is None else float(last.constraints[0]),
                  "nll_change": changes})
