@@ -126,6 +126,14 @@ def _check_report(out: Path, methods: list[str]) -> dict:
             assert len(lam) == 1 and 0.0 <= lam[0] < 1.0
         if row["method"] in ("FU", "SISS"):
             assert 0.0 <= lam[0] <= 30 / 1500 + 1e-12
+        if row["method"] == "FU":  # every estimate the dual steps saw, in step order
+            hist = row["constraint_history"]
+            assert hist and hist[0]["step"] == 0
+            assert [h["step"] for h in hist] == sorted({h["step"] for h in hist})
+            assert all(0.0 <= h["multiplier"] <= row["setting"]["lam_max"] for h in hist)
+            assert hist[-1]["multiplier"] == lam[0]  # lam moves only at estimates
+            assert row["constraint_estimate"] == hist[-1]["value"]
+            assert "fu_trace.png" in rep["figures"]
         if row["method"] == "LU":
             assert lam[0] >= 0.0
         if row["method"] in ("RU2", "LU2"):

@@ -516,6 +516,18 @@ def _kept_changes(setup: DigitsSetup, levels: dict[str, Any], trainer: Any, mode
     return kept, {k: _paired_change(after[k], levels["_fu_ref"][k]) for k in after}
 
 
+def _constraint_history(trainer: Any) -> list[dict[str, Any]]:
+    """Every estimate of a one-constraint run: ``{"step", "value", "stderr", "multiplier"}``.
+
+    ``value`` is the estimated constraint (FU: the forget-set NLL rise of the model the
+    estimates are made on), ``multiplier`` the multiplier after that step's dual update.
+    """
+    return [{"step": int(e["step"]), "value": _finite(float(e["constraints"][0])),
+             "stderr": _finite(float(e["constraint_stderr"][0])),
+             "multiplier": float(e["multipliers"][0])}
+            for e in trainer.history.estimates]
+
+
 def _paired_change(after: torch.Tensor, before: torch.Tensor) -> dict[str, float]:
     d = (after - before).to(torch.float64)
     return {"mean": float(d.mean()), "stderr": float(d.std(unbiased=True) / math.sqrt(d.numel()))}
@@ -766,6 +778,7 @@ def run_method(setup: DigitsSetup, name: str, levels: dict[str, Any], progress: 
                {"constraint_estimate": None if last is None else float(last.constraints[0]),
                 "multiplier_history": [float(m[0]) for m in
                                        tr.history.multipliers[::cfg.estimate_every]],
+                "constraint_history": _constraint_history(tr),
                 "nll_change": changes})
     elif name == "NegGrad":
         from ..datasets.digits import tensor_sampler
@@ -1078,7 +1091,37 @@ def _figures(folder: Path, pre: dict[str, Any], rows: list[dict[str, Any]],
     ax.set_ylabel(f"forget accuracy (fraction of class {c}; RU2/LU2: of both digits)")
     ax.legend(fontsize=7)
     save(fig, "tradeoff.png")
+    fu = next((r for r in rows if r["method"] == "FU" and r.get("constraint_history")), None)
+    if fu is not None:
+        save(_fu_trace_figure(plt, fu), "fu_trace.png")
     return names
+
+
+def _fu_trace_figure(plt: Any, row: dict[str, Any]) -> Any:
+    """FU's estimated forget-NLL rise against its level, and the multiplier, per estimate."""
+    hist = row["constraint_history"]
+    step = [h["step"] for h in hist]
+    val = [h["value"] for h in hist]
+    se = [h["stderr"] or 0.0 for h in hist]
+    level, lam_max = row["setting"]["level"], row["setting"]["lam_max"]
+    fig, (ax, bx) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
+    ax.axhspan(0.9 * level, 1.1 * level, color="tab:green", alpha=0.15,
+               label="level ± 10% (the target's band)")
+    ax.axhline(level, color="tab:green")
+    ax.errorbar(step, val, yerr=se, fmt="o-", ms=3, label="estimate (dual step input)")
+    kept = (row.get("nll_change") or {}).get("forget")
+    if kept:
+        ax.errorbar([row["steps"]], [kept["mean"]], yerr=[kept["stderr"]], fmt="s",
+                    color="k", label="kept model, final measurement")
+    ax.set_ylabel("forget-set NLL rise [nats]")
+    ax.legend(fontsize=7)
+    bx.plot(step, [h["multiplier"] for h in hist], "o-", ms=3)
+    bx.axhline(lam_max, color="grey", ls="--", label=r"$\lambda_{\max} = |A|/N$")
+    bx.set_ylabel(r"multiplier $\lambda$")
+    bx.set_xlabel("primal step")
+    bx.legend(fontsize=7)
+    fig.suptitle(f"FU: level {level:.2f} nats, {row['setting'].get('evaluated', '')}")
+    return fig
 
 
 def _label(row: dict[str, Any]) -> str:
