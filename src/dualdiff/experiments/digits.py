@@ -776,8 +776,6 @@ def run_method(setup: DigitsSetup, name: str, levels: dict[str, Any], progress: 
         kept, changes = _kept_changes(setup, levels, tr, model)
         finish(kept.model, t0, [float(v) for v in tr.multipliers], setting,
                {"constraint_estimate": None if last is None else float(last.constraints[0]),
-                "multiplier_history": [float(m[0]) for m in
-                                       tr.history.multipliers[::cfg.estimate_every]],
                 "constraint_history": _constraint_history(tr),
                 "nll_change": changes})
     elif name == "NegGrad":
@@ -1101,7 +1099,7 @@ def _fu_trace_figure(plt: Any, row: dict[str, Any]) -> Any:
     """FU's estimated forget-NLL rise against its level, and the multiplier, per estimate."""
     hist = row["constraint_history"]
     step = [h["step"] for h in hist]
-    val = [h["value"] for h in hist]
+    val = [math.nan if h["value"] is None else h["value"] for h in hist]
     se = [h["stderr"] or 0.0 for h in hist]
     level, lam_max = row["setting"]["level"], row["setting"]["lam_max"]
     fig, (ax, bx) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
