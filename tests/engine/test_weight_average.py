@@ -16,6 +16,7 @@ from dualdiff.engine import (
     PrimalDualTrainer,
     TrainableGaussianMixture,
     UnknownOptionError,
+    WeightAverage,
 )
 
 P0 = GaussianMixture([0.7, 0.3], [[-2.0], [2.0]], 1.0)
@@ -151,3 +152,14 @@ def test_estimate_on_is_checked():
     with pytest.raises(EngineConfigurationError, match="ema_decay"):
         _trainer(estimate_on="average")
     assert _trainer().averaged_model is None
+
+
+def test_a_direct_weight_average_names_itself_and_refuses_before_copying():
+    model = TrainableGaussianMixture.from_mixture(P0)
+    params = list(model.parameters())
+    with pytest.raises(ValueError, match=r"^WeightAverage: parameter 'ema_decay'"):
+        WeightAverage(model, params, 1.5)
+    with pytest.raises(TypeError, match=r"^WeightAverage: parameter 'model' must be a torch"):
+        WeightAverage(object(), params, 0.9)  # refused before the copy, not a KeyError after
+    with pytest.raises(ValueError, match=r"^PrimalDualTrainer: parameter 'ema_decay'"):
+        _trainer(ema_decay=1.5)  # through the trainer the message names the trainer

@@ -28,7 +28,7 @@ from torch import nn
 __all__ = ["WeightAverage", "state_module"]
 
 
-def state_module(model: Any) -> nn.Module:
+def state_module(model: Any, owner: str = "PrimalDualTrainer") -> nn.Module:
     """The ``nn.Module`` whose ``state_dict`` is the model's trainable state."""
     if isinstance(model, nn.Module):
         return model
@@ -36,7 +36,7 @@ def state_module(model: Any) -> nn.Module:
     if isinstance(inner, nn.Module):
         return inner
     raise TypeError(
-        "PrimalDualTrainer: parameter 'model' must be a torch.nn.Module or wrap one as "
+        f"{owner}: parameter 'model' must be a torch.nn.Module or wrap one as "
         f"'.module' (e.g. ModuleScoreModel), got {type(model).__name__}"
     )
 
@@ -52,6 +52,8 @@ class WeightAverage:
         Its trainable parameters (the ones the primal optimiser updates).
     decay
         :math:`\beta \in [0, 1)`; ``0`` makes the average the last iterate.
+    owner
+        Name used in error messages (the trainer passes its own).
 
     Attributes
     ----------
@@ -61,23 +63,24 @@ class WeightAverage:
         Number of updates applied (primal steps averaged).
     """
 
-    def __init__(self, model: Any, params: list[nn.Parameter], decay: float) -> None:
+    def __init__(self, model: Any, params: list[nn.Parameter], decay: float,
+                 owner: str = "WeightAverage") -> None:
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not (
             math.isfinite(decay) and 0.0 <= decay < 1.0
         ):
             raise ValueError(
-                f"PrimalDualTrainer: parameter 'ema_decay' must be None or a number in [0, 1), "
+                f"{owner}: parameter 'ema_decay' must be None or a number in [0, 1), "
                 f"got {decay!r}"
             )
         from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+        self._module = state_module(model, owner)  # before the copy: refuse without copying
         self.decay = float(decay)
         memo: dict[int, Any] = {}
         self.model = copy.deepcopy(model, memo)
         # deepcopy's memo maps each original object's id to its copy
         self._pairs = [(memo[id(p)], p) for p in params]
-        self._module = state_module(model)
-        self._avg_module = state_module(self.model)
+        self._avg_module = state_module(self.model, owner)
         for q in self._avg_module.parameters():
             q.requires_grad_(False)
         self._update = get_ema_multi_avg_fn(self.decay)

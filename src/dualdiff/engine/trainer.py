@@ -487,7 +487,8 @@ class PrimalDualTrainer:
         self.generator = torch.Generator().manual_seed(self.seed)
         self.cmp.generator = self.generator
         self.average = (
-            None if ema_decay is None else WeightAverage(model, self._params, ema_decay)
+            None if ema_decay is None
+            else WeightAverage(model, self._params, ema_decay, owner=owner)
         )
         if estimate_on is None:
             estimate_on = "model" if self.average is None else "average"
