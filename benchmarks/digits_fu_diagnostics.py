@@ -14,8 +14,9 @@ Two measurements, both on the shipped digits UNet's null-class view (one thread)
   150 retain images (R) and the held-out images (H), mean and standard error over images, at
   a few step counts. ``--data retain`` uses the retain set as p0's samples (the former, wrong,
   digits FU statement) for comparison. ``--times log_snr`` draws the training times of the
-  denoising loss from the likelihood weighting (:func:`dualdiff.diffusion.likelihood.sample_times`,
-  the ELBO's own time density) instead of uniformly; ``--ema DECAY`` also evaluates the
+  denoising loss from the likelihood weighting (the trainer's
+  ``primal_options={"time_sampling": "log_snr"}``, the ELBO's own time density) instead of
+  uniformly; ``--ema DECAY`` also evaluates the
   trainer's weight average (``ema_decay``, :class:`dualdiff.engine.WeightAverage`, started at
   the pretrained weights), printed as ``ema`` beside the raw ``iterate``.
   Checkpoints at steps 1, 10, 40, 80, 160, 320, ... and the last.
@@ -83,19 +84,13 @@ def main() -> None:
         ref, [setup.forget_images], bounds=[1.0], direction="forward", pretrained_data=data,
         training_set_size=setup.n_train,
     )
-    if args.times == "log_snr":
-        import dualdiff.engine.primal as primal_mod
-        from dualdiff.diffusion.likelihood import sample_times
-
-        primal_mod._uniform_times = lambda n, sched, generator: sample_times(
-            n, sched, "log_snr", generator=generator)[0]
     student = setup.student()
     model = Conditioned(student, None)
     tr = FixedWeightTrainer(
         prob, model, [args.lam], primal="composed",
         estimator=lambda m, generator=None: torch.zeros(1), batch_size=cfg.batch_size,
         primal_lr=args.lr, grad_clip=cfg.grad_clip, estimate_every=10**9, seed=cfg.seed,
-        ema_decay=args.ema,
+        ema_decay=args.ema, primal_options={"time_sampling": args.times},
     )
     base = {k: _nll(ref, x, 4, seeds[k]) for k, x in sets.items()}
     views = {"iterate": model}

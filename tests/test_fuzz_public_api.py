@@ -85,7 +85,7 @@ def _trainer_cases() -> list[Bad]:
         "estimate_on": ["ema", 3, "average"],  # "average" without ema_decay
         "estimator": ["mc", 3, None],
         "dual_update": ["sometimes", 3, None],
-        "primal_options": [{"nonsense": 1}],
+        "primal_options": [{"nonsense": 1}, {"time_sampling": "cosine"}, {"time_sampling": 2}],
         "primal_optimizer_options": [{"betas": 0.9}, {"nonsense": 1}, {"lr": -1.0}],
         "dual_optimizer_options": [{"nonsense": 1}, {"momentum": -1.0}],
         "callbacks": [[3], ["not callable"]],

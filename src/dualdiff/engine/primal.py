@@ -34,6 +34,7 @@ import torch
 
 from .._constants import FLOAT64 as _DTYPE
 from .._errors import NonFiniteError
+from ..diffusion.likelihood import TimeSampling, sample_times
 from ..diffusion.losses import (
     check_siss_options,
     denoising_score_matching_loss,
@@ -175,11 +176,11 @@ class TargetCache:
         return self._target
 
 
-def _uniform_times(
-    n: int, sched: NoiseSchedule, generator: torch.Generator | None
+def _training_times(
+    n: int, sched: NoiseSchedule, generator: torch.Generator | None, time_sampling: str
 ) -> torch.Tensor:
-    u = torch.rand(n, dtype=_DTYPE, generator=generator)
-    return float(sched.t_min) + (float(sched.t_max) - float(sched.t_min)) * u
+    """``n`` training times of the denoising loss (the proposal's weights are not used)."""
+    return sample_times(n, sched, time_sampling, generator=generator)[0]  # type: ignore[arg-type]
 
 
 def _model_dtype_device(model: Any) -> tuple[torch.dtype, torch.device]:
@@ -203,7 +204,7 @@ def _check_draw(x: Any, n: int, event: tuple[int, ...], what: str, owner: str) -
 
 
 class PrimalForm(ABC):
-    """Base class of the primal step forms.
+    r"""Base class of the primal step forms.
 
     Parameters
     ----------
@@ -215,6 +216,13 @@ class PrimalForm(ABC):
         ``sampler(n, generator) -> (n, *event)`` drawing clean samples of :math:`p_0`.
     unlearn_data
         One sampler per unlearning distribution (FU signed loss).
+    time_sampling
+        Density of the denoising loss's training times (the forms that train on noised data):
+        ``"uniform"`` (default; :math:`t\sim\mathcal U(t_{\min}, t_{\max})`, the "simple"
+        loss of DDPM) or ``"log_snr"`` (the log-SNR uniform, so that the mean squared noise
+        error is, up to a constant factor, the denoising term of the ELBO: the likelihood
+        weighting). The weighting changes which errors the loss pays for, not the population
+        minimiser of the exact forms (the noised score of the target at every :math:`t`).
     """
 
     #: Name used by :class:`~dualdiff.engine.PrimalDualTrainer`.
@@ -230,6 +238,8 @@ class PrimalForm(ABC):
         targets: TargetCache | None,
         pretrained_data: DataSampler,
         unlearn_data: Sequence[DataSampler | None],
+        *,
+        time_sampling: TimeSampling = "uniform",
     ) -> None:
         why = self.unsupported(problem)
         if why:
@@ -241,6 +251,9 @@ class PrimalForm(ABC):
         self.targets = targets
         self.pretrained_data = pretrained_data
         self.unlearn_data = list(unlearn_data)
+        self.time_sampling = resolve(
+            time_sampling, "time_sampling", type(self).__name__, ("uniform", "log_snr")
+        )
         self._schedule: tuple[int, NoiseSchedule] | None = None
 
     @classmethod
@@ -258,8 +271,11 @@ class PrimalForm(ABC):
         return f"{type(self).__name__}(problem={type(self.problem).__name__})"
 
     def config(self) -> dict[str, Any]:
-        """Options of the form a checkpoint must agree on (none by default)."""
-        return {}
+        """Options of the form a checkpoint must agree on (none at the defaults)."""
+        return {} if self.time_sampling == "uniform" else {"time_sampling": self.time_sampling}
+
+    def _times(self, model: Any, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        return _training_times(n, self.schedule(model), generator, self.time_sampling)
 
     def _draw_x0(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         x0 = self.pretrained_data(n, generator)
@@ -271,9 +287,8 @@ class PrimalForm(ABC):
     def _dsm_batch(
         self, model: Any, n: int, generator: torch.Generator | None
     ) -> PrimalBatch:
-        sched = self.schedule(model)
         x0 = self._draw_x0(n, generator)
-        t = _uniform_times(n, sched, generator)
+        t = self._times(model, n, generator)
         noise = torch.randn(x0.shape, dtype=_DTYPE, generator=generator)
         return PrimalBatch(x0=x0, t=t, noise=noise)
 
@@ -368,7 +383,6 @@ class ComposedScoreMatching(PrimalForm):
     ) -> PrimalBatch:
         batch = self._dsm_batch(model, n, generator)
         if self.problem.signed_loss:
-            sched = self.schedule(model)
             event = tuple(self.problem.event_shape)
             for i, sampler in enumerate(self.unlearn_data):
                 if sampler is None:
@@ -380,7 +394,7 @@ class ComposedScoreMatching(PrimalForm):
                     sampler(n, generator), n, event, f"unlearn data sampler {i}",
                     "ComposedScoreMatching",
                 )
-                tq = _uniform_times(n, sched, generator)
+                tq = self._times(model, n, generator)
                 nq = torch.randn(xq.shape, dtype=_DTYPE, generator=generator)
                 batch.unlearn.append((xq, tq, nq))
         return batch
@@ -465,6 +479,8 @@ class ImportanceSampledSignedLoss(PrimalForm):
         :math:`\lambda`; default ``0.5`` as in the paper).
     scaling_norm
         ``None`` (plain importance-sampled signed loss) or :math:`s > 0`.
+    time_sampling
+        As for every denoising form (:class:`PrimalForm`); the pair shares its time.
     """
 
     name = "siss"
@@ -486,8 +502,11 @@ class ImportanceSampledSignedLoss(PrimalForm):
         *,
         kappa: float = 0.5,
         scaling_norm: float | None = None,
+        time_sampling: TimeSampling = "uniform",
     ) -> None:
-        super().__init__(problem, targets, pretrained_data, unlearn_data)
+        super().__init__(
+            problem, targets, pretrained_data, unlearn_data, time_sampling=time_sampling
+        )
         self.kappa, self.scaling_norm = check_siss_options(
             kappa, scaling_norm, "ImportanceSampledSignedLoss"
         )
@@ -498,7 +517,7 @@ class ImportanceSampledSignedLoss(PrimalForm):
             )
 
     def config(self) -> dict[str, Any]:  # noqa: D102
-        return {"kappa": self.kappa, "scaling_norm": self.scaling_norm}
+        return {"kappa": self.kappa, "scaling_norm": self.scaling_norm, **super().config()}
 
     def sample_batch(  # noqa: D102
         self, model: Any, n: int, generator: torch.Generator | None

@@ -44,6 +44,7 @@ from .options import (
     EngineConfigurationError,
     LowEffectiveSampleSizeWarning,
     NonFiniteStepWarning,
+    UnknownOptionError,
     resolve,
 )
 from .primal import DataSampler, PrimalForm, TargetCache, make_primal_form
@@ -256,7 +257,9 @@ class PrimalDualTrainer:
         result of ``estimate_dual``); the latter two are projected into the domain.
     primal_options
         Extra options of the primal form (sampler: ``steps``, ``reference``,
-        ``constraint_gradient``; siss: ``kappa``, ``scaling_norm``).
+        ``constraint_gradient``; siss: ``kappa``, ``scaling_norm``; every denoising form
+        (reweighted_dsm, composed, siss): ``time_sampling``, ``"uniform"`` (default) or
+        ``"log_snr"``, the likelihood weighting, see :class:`~dualdiff.engine.PrimalForm`).
     primal_optimizer_options
         Extra keyword arguments of the primal optimiser.
     dual_optimizer_options
@@ -442,6 +445,10 @@ class PrimalDualTrainer:
             raise TypeError(
                 f"{owner}: parameter 'primal_options'={primal_options!r} is not accepted by "
                 f"primal={self.primal_name!r} ({exc})"
+            ) from None
+        except UnknownOptionError as exc:  # a string option of the form (e.g. time_sampling)
+            raise UnknownOptionError(
+                f"{owner}: parameter 'primal_options'={primal_options!r}: {exc}"
             ) from None
         if not isinstance(estimate_objective, bool):
             raise TypeError(
