@@ -42,3 +42,21 @@ def test_the_reweighted_step_takes_its_weights_from_the_problem():
     src = _source()
     assert re.search(r"def log_weight\(self, lam", src)
     assert "problem.log_weight(" in src  # the reweighted step's weights come from here
+
+
+def test_digits_memorised_dual_table_is_what_the_function_returns():
+    """The table "Where FU's dual optimum is" in docs/digits.rst, row by row."""
+    from dualdiff.problems import memorised_forward_dual
+
+    text = (DOCS / "digits.rst").read_text()
+    rows = {}
+    for name in ("level, nats", "λ*/λ_max", "least KL"):
+        m = re.search(rf"^  {re.escape(name)}\s+([\d. ]+)$", text, re.M)
+        assert m, name
+        rows[name] = [float(v) for v in m.group(1).split()]
+    levels = rows["level, nats"]
+    assert len(levels) == 5
+    for b, frac, kl in zip(levels, rows["λ*/λ_max"], rows["least KL"], strict=True):
+        got = memorised_forward_dual([0.02], [b])
+        assert abs(float(got.fraction_of_lam_max[0]) - frac) <= 5e-4
+        assert abs(got.objective - kl) <= 5e-4

@@ -12,6 +12,7 @@ from .dual_domain import DualDomain, DualDomainProjection, project_capped_box
 from .estimated_dual import EstimatedDualSolution, MonteCarloDual, TradeoffPoint
 from .kl import ForwardKLProblem, KLConstrainedProblem, ReverseKLProblem
 from .likelihood import LikelihoodConstrainedProblem
+from .memorised import MemorisedForwardDual, memorised_forward_dual
 from .model_level import (
     ComposedScore,
     ModelForwardKLProblem,
@@ -31,6 +32,7 @@ __all__ = [
     "ForwardKLProblem",
     "KLConstrainedProblem",
     "LikelihoodConstrainedProblem",
+    "MemorisedForwardDual",
     "ModelForwardKLProblem",
     "ModelLikelihoodProblem",
     "ModelReverseKLProblem",
@@ -39,5 +41,6 @@ __all__ = [
     "TradeoffPoint",
     "UnlearningProblem",
     "classifier_log_ratio",
+    "memorised_forward_dual",
     "project_capped_box",
 ]

@@ -54,6 +54,7 @@ from .dual_domain import DualDomain
 from .estimated_dual import EstimatedDualSolution, MonteCarloDual
 from .kl import KLConstrainedProblem
 from .likelihood import LikelihoodConstrainedProblem
+from .memorised import MemorisedForwardDual, memorised_forward_dual
 
 __all__ = [
     "ComposedScore",
@@ -693,6 +694,20 @@ class ModelForwardKLProblem(_ModelProblem):
         r""":math:`\lambda_{\max,i}` ``(m,)`` (:math:`|A_i|/N` or as given)."""
         return self._lam_max.clone()
 
+    def memorised_dual(self) -> MemorisedForwardDual:
+        r"""The dual optimum if :math:`p_0` were the empirical distribution of the training set.
+
+        The statement behind :math:`\lambda_{\max} = |A_i|/N` (:mod:`dualdiff.problems.memorised`,
+        disjoint forget sets): :math:`\lambda^\star`, its fraction of :math:`\lambda_{\max}`
+        and the least deviation :math:`\mathrm{KL}(p_0\|p_{\lambda^\star})` at this problem's
+        levels, in closed form and before any training. Exact for a model that memorises its
+        training set; for one that generalises, the memorising limit (not an estimate). E.g.
+        a warm start: ``init_multipliers=problem.memorised_dual().multipliers``.
+        """
+        return memorised_forward_dual(
+            self._lam_max, self.bounds, owner=f"{type(self).__name__}.memorised_dual"
+        )
+
     @property
     def domain(self) -> DualDomain:  # noqa: D102
         return DualDomain(
@@ -762,7 +777,9 @@ class ModelForwardKLProblem(_ModelProblem):
             "q_i/p0 (the integral of w log w, w = p0 - sum_i lam_i q_i), which an empirical forget "
             "set does not have. Available before training: the domain, lam_max = "
             f"{self._lam_max.tolist()} (|A_i|/N), whose target p_lam_max is the model retrained "
-            "on the retain set. Train with PrimalDualTrainer(problem, model, primal='composed')."
+            "on the retain set, and problem.memorised_dual() (the closed-form optimum if p0 "
+            "memorised its training set). Train with PrimalDualTrainer(problem, model, "
+            "primal='composed')."
         )
 
 
