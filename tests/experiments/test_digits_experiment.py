@@ -134,6 +134,11 @@ def _check_report(out: Path, methods: list[str]) -> dict:
             assert hist[-1]["multiplier"] == lam[0]  # lam moves only at estimates
             assert row["constraint_estimate"] == hist[-1]["value"]
             assert "fu_trace.png" in rep["figures"]
+            # the memorising optimum, by the m = 1 formula of docs/mathematics.rst
+            st, e = row["setting"], math.exp(-row["setting"]["level"])
+            want = st["lam_max"] * (1 - e) / (1 - st["lam_max"] * e)
+            assert st["memorised_lam_star"] == pytest.approx(want, rel=1e-12)
+            assert 0.0 < st["memorised_least_kl"] < st["level"]
         if row["method"] == "LU":
             assert lam[0] >= 0.0
         if row["method"] in ("RU2", "LU2"):

@@ -766,7 +766,10 @@ def run_method(setup: DigitsSetup, name: str, levels: dict[str, Any], progress: 
                       else lam_max / (2.0 * levels["FU"]))
         tr = PrimalDualTrainer(prob, model, primal="composed", estimator=est,
                                dual_lr=fu_dual_lr, **_trainer_options(cfg, data=True))
+        memo = prob.memorised_dual()
         setting = {"level": levels["FU"], "lam_max": lam_max, "primal": "composed",
+                   "memorised_lam_star": float(memo.multipliers[0]),
+                   "memorised_least_kl": memo.objective,
                    "dual_lr": fu_dual_lr, "pretrained_data": "whole training set X",
                    "estimator": f"paired ELBO NLL change of the forget set, "
                    f"{cfg.fu_draws} draws",
@@ -1115,6 +1118,10 @@ def _fu_trace_figure(plt: Any, row: dict[str, Any]) -> Any:
     ax.legend(fontsize=7)
     bx.plot(step, [h["multiplier"] for h in hist], "o-", ms=3)
     bx.axhline(lam_max, color="grey", ls="--", label=r"$\lambda_{\max} = |A|/N$")
+    star = row["setting"].get("memorised_lam_star")
+    if star is not None:
+        bx.axhline(star, color="tab:red", ls=":",
+                   label=r"$\lambda^\star$ if $p_0$ memorised $X$ (memorised_dual)")
     bx.set_ylabel(r"multiplier $\lambda$")
     bx.set_xlabel("primal step")
     bx.legend(fontsize=7)
