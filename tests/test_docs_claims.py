@@ -60,3 +60,27 @@ def test_digits_memorised_dual_table_is_what_the_function_returns():
         got = memorised_forward_dual([0.02], [b])
         assert abs(float(got.fraction_of_lam_max[0]) - frac) <= 5e-4
         assert abs(got.objective - kl) <= 5e-4
+
+
+def test_digits_lu_ode_table_is_what_the_saved_runs_hold():
+    """The "LU (ODE)" table in docs/digits.rst against benchmarks/results/digits_lu_ode*.json."""
+    import json
+
+    results = DOCS.parent / "benchmarks" / "results"
+    text = (DOCS / "digits.rst").read_text()
+    pattern = (r"^share (\S+)\s+(\d)\s+([\d.]+)\s+([\d.]+) \(([\d.]+)\)\s+([\d.]+)\s+"
+               r"([\d.]+) ± ([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$")
+    rows = re.findall(pattern, text, re.M)
+    assert len(rows) == 4
+    for share, seed, *cells in rows:
+        name = "digits_lu_ode.json" if seed == "0" else f"digits_lu_ode_seed{seed}.json"
+        rep = json.loads((results / name).read_text())
+        (run,) = [r for r in rep["runs"] if r["share"] == float(share)]
+        m = run["metrics"]
+        want = [run["rule"]["level"], run["warm_start"]["lam_hat"],
+                run["warm_start"]["ess_fraction"], run["train"]["final_lam"],
+                run["constraint_on_samples"]["mean"], run["constraint_on_samples"]["stderr"],
+                m["forget_accuracy"], m["retained_accuracy"], m["fd_retained"], m["deviation"]]
+        for cell, value in zip(cells, want, strict=True):
+            digits = len(cell.split(".")[1]) if "." in cell else 0
+            assert abs(float(cell) - value) <= 0.5 * 10.0**-digits + 1e-12, (share, seed, cell)

@@ -186,7 +186,9 @@ def sample_digits(
     Returns
     -------
     torch.Tensor
-        ``(n, 1, 8, 8)`` float32 samples, clipped to :math:`[-1, 1]` by the scheduler.
+        ``(n, 1, 8, 8)`` float32 samples, clipped to :math:`[-1, 1]` by the scheduler, on the
+        UNet's device. The initial noise is drawn on the CPU (``generator`` is a CPU generator)
+        and moved there, so a seed gives the same noise on every device.
     """
     owner = "sample_digits"
     labels = _check_labels(labels, owner)
@@ -208,9 +210,11 @@ def sample_digits(
     ddim.set_timesteps(num_inference_steps)
     n = labels.numel()
     size = unet.config.sample_size
+    device = next(unet.parameters()).device
     x = torch.randn(
         (n, unet.config.in_channels, size, size), generator=generator, dtype=torch.float32
-    )
+    ).to(device)
+    labels = labels.to(device)
     null = torch.full_like(labels, NULL_CLASS)
     guided = guidance_scale != 1.0
     for t in ddim.timesteps:

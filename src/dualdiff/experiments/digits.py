@@ -15,8 +15,8 @@ Methods (all through the public API):
   warm start :math:`\lambda^\star` from ``estimate_dual`` on the training images.
 * **LU** -- ``LikelihoodConstrainedProblem`` with :math:`\ell(x) = \log p(c\mid x)` of the
   classifier, level :math:`C_0 - \delta`, reweighted-DSM primal form, ``estimate_dual`` warm
-  start. (The concept model's ODE log-likelihood is not used: ~3 s per image on a CPU, see
-  :doc:`/digits`.)
+  start. (The concept model's ODE log-likelihood is not used: ~3 s per image on a CPU;
+  ``benchmarks/digits_lu_ode.py`` runs that statement on a GPU, see :doc:`/digits`.)
 * **FU** -- ``KLConstrainedProblem(..., [forget_images], direction="forward",
   pretrained_data=train_images)`` for the 30 fixed training images (:math:`p_0`'s samples are
   the whole training set, so :math:`p_{\lambda_{\max}}` is the model retrained without them),
