@@ -110,11 +110,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args()
 
-    from dualdiff import Conditioned, LikelihoodConstrainedProblem, PrimalDualTrainer
+    from dualdiff import (
+        Conditioned,
+        ConstraintEstimate,
+        LikelihoodConstrainedProblem,
+        PrimalDualTrainer,
+    )
     from dualdiff.experiments.digits import (
         DigitsConfig,
         DigitsSetup,
-        _custom_estimate,
         _null_labels,
         _sample,
         _sample_estimator,
@@ -173,7 +177,7 @@ def main() -> None:
 
     def constraint_on_samples(net: Any, prob: Any) -> dict[str, float]:
         x = _sample(net, _null_labels(n_final), cfg.sample_steps, cfg.seed + 5000)
-        est = _custom_estimate(prob, prob.likelihood_values(x)[0])
+        est = ConstraintEstimate.from_values(prob, prob.likelihood_values(x)[0])
         return {"mean": float(est.constraints[0]), "stderr": float(est.constraint_stderr[0])}
 
     def metrics_of(net: Any) -> dict[str, Any]:

@@ -49,6 +49,12 @@ def _lu() -> Any:
     return LikelihoodConstrainedProblem(P0, [Q], bounds=[-8.0])
 
 
+def _classifier_log_ratio(fn: Any, log_prior: Any) -> Any:
+    from dualdiff.problems import classifier_log_ratio
+
+    return classifier_log_ratio(fn, log_prior)
+
+
 Case = tuple[str, Callable[[], Any], type[BaseException], list[str]]
 
 CONSTRUCTION: list[Case] = [
@@ -225,6 +231,24 @@ CONSTRUCTION: list[Case] = [
         lambda: KLConstrainedProblem("p0", [Q], bounds=[1.0]),
         TypeError,
         ["'pretrained'", "str", "GaussianMixture"],
+    ),
+    (
+        "log-prior-a-probability",  # 0.1 where log(0.1) was meant
+        lambda: _classifier_log_ratio(lambda x: x[None], [0.1]),
+        ValueError,
+        ["'log_prior'", r"\[0\.1\]", "<= 0", r"math\.log"],
+    ),
+    (
+        "log-prior-nan",
+        lambda: _classifier_log_ratio(lambda x: x[None], [-1.0, float("nan")]),
+        ValueError,
+        ["'log_prior'", "nan", "finite"],
+    ),
+    (
+        "log-prior-empty",
+        lambda: _classifier_log_ratio(lambda x: x[None], []),
+        ValueError,
+        ["'log_prior'", r"\[\]"],
     ),
 ]
 

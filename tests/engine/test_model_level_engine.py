@@ -151,3 +151,21 @@ def test_fu_has_no_sampler_form() -> None:
     with pytest.raises(TypeError, match=r"reweighted DSM needs the density ratio"):
         PrimalDualTrainer(prob, copy.deepcopy(p0), primal="reweighted_dsm", batch_size=8,
                           estimator=_estimator(prob)).fit(1, progress=False)
+
+
+# the untrained random net's default-sampler samples are far from the schedule's scale
+@pytest.mark.filterwarnings("ignore::dualdiff.DataScaleWarning")
+def test_trainer_accepts_the_elbo_estimator_by_name() -> None:
+    # docs/own_model.rst passes estimator="elbo": the trainer builds the same estimator as
+    # ConstraintEstimator(method="elbo") and its estimates say so
+    p0 = _net(0)
+    prob = LikelihoodConstrainedProblem(p0, [_ell], bounds=[-0.1], pretrained_data=_data(64, 1))
+    trainer = PrimalDualTrainer(prob, copy.deepcopy(p0), estimator="elbo", estimate_samples=4,
+                                batch_size=8, seed=0)
+    assert isinstance(trainer.estimator, ConstraintEstimator)
+    assert trainer.estimator.method == "elbo" and trainer.estimator.n_samples == 4
+    trainer.step()
+    est = trainer.last_estimate
+    assert est is not None and est.method == "elbo" and est.n == 4
+    with pytest.raises(ValueError, match=r"estimator='ebo'.*'auto', 'exact', 'ode', 'elbo'"):
+        PrimalDualTrainer(prob, copy.deepcopy(p0), estimator="ebo")

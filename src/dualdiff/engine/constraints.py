@@ -42,10 +42,17 @@ from .._constants import FLOAT64 as _DTYPE
 from ..problems.contract import ConstraintEstimate, DensityEstimator
 from .options import resolve
 
-__all__ = ["ConstraintEstimate", "ConstraintEstimator", "EstimatorMethod", "violations_from"]
+__all__ = [
+    "ESTIMATOR_METHODS",
+    "ConstraintEstimate",
+    "ConstraintEstimator",
+    "EstimatorMethod",
+    "violations_from",
+]
 
 EstimatorMethod = Literal["auto", "exact", "ode", "elbo"]
-_METHODS: tuple[str, ...] = get_args(EstimatorMethod)
+#: The estimator names ``ConstraintEstimator`` and ``PrimalDualTrainer(estimator=...)`` accept.
+ESTIMATOR_METHODS: tuple[str, ...] = get_args(EstimatorMethod)
 
 
 def violations_from(problem: Any, constraints: torch.Tensor) -> torch.Tensor:
@@ -95,7 +102,7 @@ class ConstraintEstimator:
         sampler_kwargs: dict[str, Any] | None = None,
     ) -> None:
         owner = "ConstraintEstimator"
-        self.method = resolve(method, "method", owner, _METHODS)
+        self.method = resolve(method, "method", owner, ESTIMATOR_METHODS)
         if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 2:
             raise ValueError(
                 f"{owner}: parameter 'n_samples' must be an int >= 2, got {n_samples!r}"

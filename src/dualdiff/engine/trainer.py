@@ -34,7 +34,7 @@ from ..problems.contract import UnlearningProblem
 from ..problems.dual_domain import DualDomainProjection
 from .averaging import WeightAverage, state_module
 from .cmp import NonFiniteStep, UnlearningCMP
-from .constraints import ConstraintEstimate, ConstraintEstimator
+from .constraints import ESTIMATOR_METHODS, ConstraintEstimate, ConstraintEstimator
 from .dual_update import DualUpdateRule, RuleSnapshot, make_dual_update_rule
 from .history import StepRecord, TrainingHistory
 from .optim import GuardedExtrapolationOptimizer, build_constrained_optimizer
@@ -225,7 +225,10 @@ class PrimalDualTrainer:
         ``"auto"``, ``"exact"``, ``"ode"``, ``"elbo"`` (see
         :class:`~dualdiff.engine.ConstraintEstimator`) or a callable ``fn(model, generator)``
         returning a
-        :class:`~dualdiff.engine.ConstraintEstimate` or constraint values ``(m,)``.
+        :class:`~dualdiff.engine.ConstraintEstimate` or constraint values ``(m,)``
+        (:meth:`ConstraintEstimate.from_values <dualdiff.ConstraintEstimate.from_values>`
+        builds one from per-sample values). The ODE methods solve ``estimate_samples`` ODEs
+        per estimate, minutes on a CPU for images: pass a cheap callable there.
     estimate_every
         Estimate the constraints every this many steps; with ``dual_update="every"`` each
         estimate is a dual step (the primal takes ``estimate_every`` steps at fixed
@@ -456,7 +459,7 @@ class PrimalDualTrainer:
                 f"{estimate_objective!r}"
             )
         if isinstance(estimator, str):
-            resolve(estimator, "estimator", owner, ("auto", "exact", "ode"))
+            resolve(estimator, "estimator", owner, ESTIMATOR_METHODS)
             self.estimator: Callable[..., Any] = ConstraintEstimator(
                 problem,
                 method=estimator,  # type: ignore[arg-type]
@@ -467,8 +470,8 @@ class PrimalDualTrainer:
             self.estimator = estimator
         else:
             raise TypeError(
-                f"{owner}: parameter 'estimator' must be 'auto', 'exact', 'ode' or a callable "
-                f"fn(model, generator), got {estimator!r}"
+                f"{owner}: parameter 'estimator' must be 'auto', 'exact', 'ode', 'elbo' or a "
+                f"callable fn(model, generator), got {estimator!r}"
             )
         with _as_trainer_error({"margin": "domain_margin"}):
             self.projection = DualDomainProjection(

@@ -73,6 +73,8 @@ from typing import Any
 
 import torch
 
+from ..problems.contract import ConstraintEstimate
+
 __all__ = [
     "METHODS",
     "PAIR_METHODS",
@@ -433,19 +435,6 @@ def _elbo_nll(view: Any, x: torch.Tensor, draws: int, seed: int) -> float:
     return float(out.nats.value)
 
 
-def _custom_estimate(problem: Any, values: torch.Tensor) -> Any:
-    from ..problems.contract import ConstraintEstimate
-
-    v = values.to(torch.float64).reshape(-1)
-    mean = v.mean().reshape(1)
-    se = (v.std(unbiased=True) / math.sqrt(v.numel())).reshape(1) if v.numel() > 1 else \
-        torch.zeros(1, dtype=torch.float64)
-    return ConstraintEstimate(
-        constraints=mean, constraint_stderr=se, violations=problem.violations(mean),
-        method="custom", n=int(v.numel()),
-    )
-
-
 def _sample_estimator(setup: DigitsSetup, problem: Any, student: Any,
                       fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
     cfg = setup.cfg
@@ -456,7 +445,7 @@ def _sample_estimator(setup: DigitsSetup, problem: Any, student: Any,
         x = _sample(student, _null_labels(cfg.estimate_samples), cfg.sample_steps,
                     cfg.seed + 1000 + count[0])
         with torch.no_grad():
-            return _custom_estimate(problem, fn(x))
+            return ConstraintEstimate.from_values(problem, fn(x))
 
     return estimator
 
@@ -499,7 +488,7 @@ def _fu_estimator(setup: DigitsSetup, problem: Any, base_nll: torch.Tensor) -> C
 
     def estimator(model: Any, generator: torch.Generator | None = None) -> Any:
         nll = _fu_nll(model, setup.forget_images, cfg.fu_draws, _FU_SEEDS["forget"])
-        return _custom_estimate(problem, nll - base_nll)
+        return ConstraintEstimate.from_values(problem, nll - base_nll)
 
     return estimator
 
@@ -963,18 +952,6 @@ def pair_levels(setup: DigitsSetup, pre: dict[str, Any]) -> dict[str, Any]:
             "_pair_pre": ref}
 
 
-def _estimate_rows(problem: Any, values: torch.Tensor) -> Any:
-    """Constraint estimate from per-sample values ``(m, n)``: means and standard errors."""
-    from ..problems.contract import ConstraintEstimate
-
-    v = values.to(torch.float64).reshape(problem.m, -1)
-    mean = v.mean(1)
-    se = v.std(1, unbiased=True) / math.sqrt(v.shape[1])
-    return ConstraintEstimate(constraints=mean, constraint_stderr=se,
-                              violations=problem.violations(mean), method="custom",
-                              n=int(v.shape[1]))
-
-
 def _run_pair(setup: DigitsSetup, name: str, levels: dict[str, Any], progress: bool
               ) -> dict[str, Any]:
     """RU2 / LU2: both digits of ``pair_forget_classes`` at once, one constraint each."""
@@ -1011,15 +988,7 @@ def _run_pair(setup: DigitsSetup, name: str, levels: dict[str, Any], progress: b
         what = "classifier E_p[log p(c_i|x)]"
     student = setup.student()
     model = Conditioned(student, None)
-    count = [0]
-
-    def estimator(m: Any, generator: torch.Generator | None = None) -> Any:
-        count[0] += 1
-        x = _sample(student, _null_labels(cfg.estimate_samples), cfg.sample_steps,
-                    cfg.seed + 1000 + count[0])
-        with torch.no_grad():
-            return _estimate_rows(prob, fn(x))
-
+    estimator = _sample_estimator(setup, prob, student, fn)
     t0 = time.perf_counter()
     dual = prob.estimate_dual(samples=setup.split.train_images)
     tr = PrimalDualTrainer(prob, model, primal=primal, estimator=estimator,

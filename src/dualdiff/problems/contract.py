@@ -105,6 +105,51 @@ class ConstraintEstimate:
             ok = ok and math.isfinite(self.objective)
         return ok
 
+    @classmethod
+    def from_values(cls, problem: Any, values: Any) -> ConstraintEstimate:
+        r"""The estimate whose constraints are sample means of per-sample values.
+
+        The building block of a custom ``estimator`` for
+        :class:`~dualdiff.PrimalDualTrainer` on models where the built-in ODE estimator is
+        too slow (images on a CPU): draw samples, compute each constraint's per-sample term
+        and pass it here, e.g. :math:`\ell_i(x_j)` on samples :math:`x_j` of the model for
+        LU, a classifier's :math:`\log p(c) - \log p(c\mid x_j)` for RU (a lower bound of
+        :math:`\mathrm{KL}(p_\theta\|q)`), or per-image NLL changes for FU.
+
+        Parameters
+        ----------
+        problem
+            The problem (its number of constraints ``m`` and its ``violations``).
+        values
+            Per-sample values, shape ``(n,)`` (one constraint) or ``(m, n)``, ``n >= 1``.
+            Not checked for finiteness: a non-finite estimate reaches the trainer, which
+            skips that dual step with a warning.
+
+        Returns
+        -------
+        ConstraintEstimate
+            ``constraints`` = the row means, ``constraint_stderr`` = the unbiased sample
+            standard deviation over :math:`\sqrt n` (zero when ``n == 1``), ``violations``
+            from the problem, ``method="custom"``, ``n``.
+        """
+        m = int(problem.m)
+        v = torch.as_tensor(values).detach().to(device="cpu", dtype=_DTYPE)
+        given = tuple(v.shape)
+        if v.ndim == 1 and m == 1:
+            v = v.reshape(1, -1)
+        if v.ndim != 2 or v.shape[0] != m or v.shape[1] < 1:
+            raise ValueError(
+                f"ConstraintEstimate.from_values: parameter 'values' must have shape (n,) "
+                f"(one constraint) or ({m}, n) with n >= 1 for this problem's {m} "
+                f"constraint(s), got shape {given}"
+            )
+        n = int(v.shape[1])
+        mean = v.mean(dim=1)
+        se = (v.std(dim=1, unbiased=True) / math.sqrt(n) if n > 1
+              else torch.zeros(m, dtype=_DTYPE))
+        return cls(constraints=mean, constraint_stderr=se,
+                   violations=problem.violations(mean), method="custom", n=n)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
         return {

@@ -80,14 +80,26 @@ def classifier_log_ratio(
         classifier, or the model's own by Bayes from conditional and unconditional
         likelihoods).
     log_prior
-        :math:`\log p(c_i)`, shape ``(m,)``.
+        :math:`\log p(c_i)`, shape ``(m,)``: natural logs of the class frequencies, finite
+        and ``<= 0`` (``math.log(0.1)``, not ``0.1``).
 
     Returns
     -------
     callable
         ``fn(x) -> (m, n)`` for ``log_ratio=`` of :class:`ModelReverseKLProblem`.
+
+    Raises
+    ------
+    ValueError
+        If ``log_prior`` is empty, not finite or has a value above 0 (not a log-probability).
     """
     prior = torch.as_tensor(log_prior, dtype=_DTYPE).reshape(-1, 1)
+    if prior.numel() == 0 or not bool(torch.isfinite(prior).all()) or bool((prior > 0).any()):
+        raise ValueError(
+            "classifier_log_ratio: parameter 'log_prior' must be the natural logs of the "
+            f"concepts' class probabilities, finite and <= 0 (e.g. math.log(0.1)), got "
+            f"{prior.reshape(-1).tolist()}"
+        )
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         return prior - torch.as_tensor(log_prob_classes(x)).to(_DTYPE)
