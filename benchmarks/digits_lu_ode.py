@@ -32,15 +32,15 @@ Run (on a CUDA machine; ``--smoke`` is a CPU-sized budget whose numbers mean not
     HF_HUB_OFFLINE=1 python benchmarks/digits_lu_ode.py --threads 16 [--seed 1]
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/digits_lu_ode.py --smoke --device cpu
 
-Prints a line per stage and writes ``digits_lu_ode.json`` (``$OUT`` when set, else
-``benchmarks/results``) after every stage, so a run stopped early keeps what it measured.
+Prints a line per stage and writes ``digits_lu_ode.json`` (strict JSON, atomically; ``$OUT``
+when set, else ``benchmarks/results``) after every stage, so a run stopped early keeps what it
+measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import time
@@ -116,6 +116,7 @@ def main() -> None:
         LikelihoodConstrainedProblem,
         PrimalDualTrainer,
     )
+    from dualdiff._io import dump_strict_json
     from dualdiff.experiments.digits import (
         DigitsConfig,
         DigitsSetup,
@@ -151,11 +152,14 @@ def main() -> None:
     }
     t_all = time.perf_counter()
 
+    def save() -> None:  # atomic, strict JSON (a non-finite value: null, listed with a reason)
+        dump_strict_json(out, out_path, indent=1)
+
     def stage(name: str, t0: float, **values: Any) -> None:
         values["wall_s"] = time.perf_counter() - t0
         out["stages"][name] = values
         out["wall_s"] = time.perf_counter() - t_all
-        out_path.write_text(json.dumps(out, indent=1, allow_nan=False))
+        save()
         print(f"[{out['wall_s']:7.1f} s] {name}: " + ", ".join(
             f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in values.items() if not isinstance(v, (list, dict))), flush=True)
@@ -264,7 +268,7 @@ def main() -> None:
             print(f"skipping share {share}: past 55% of --budget-s {a.budget_s}", flush=True)
             continue
         out["runs"].append(run_share(share))
-        out_path.write_text(json.dumps(out, indent=1, allow_nan=False))
+        save()
 
     # the pretrained model's digits metrics (CPU), last: the GPU work comes first
     t0 = time.perf_counter()
